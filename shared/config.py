@@ -1,0 +1,110 @@
+"""Configuration from the environment (12-factor), validated once at start-up.
+
+Every setting has one variable; a bad value stops the process with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.errors import ConfigError
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _url(env: Mapping[str, str], name: str) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http(s) URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    max_body_bytes: int
+    strict_ingest: bool
+    # Auth: tokens are verified against a JWKS (URL or file). With neither set, the embedded
+    # default keeps a local signing key in data_dir and publishes its JWKS there.
+    jwks_url: str | None
+    jwks_file: Path | None
+    token_issuer: str
+    token_audience: str
+    token_leeway_s: int
+    # FHIR server to pull patients from (optional).
+    fhir_base_url: str | None
+    fhir_token: str | None
+    fhir_timeout_s: float
+    fhir_page_limit: int
+    log_level: str
+
+    @property
+    def local_keys(self) -> bool:
+        """True when this process signs its own tokens (embedded default)."""
+        return self.jwks_url is None and self.jwks_file is None
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    jwks_file = env.get("AUTH_JWKS_FILE") or None
+    if jwks_file and not Path(jwks_file).is_file():
+        raise ConfigError(f"AUTH_JWKS_FILE points to {jwks_file!r}, which is not a file")
+    level = (env.get("LOG_LEVEL") or "INFO").upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    return Settings(
+        data_dir=Path(env.get("ONCOTWIN_DATA_DIR") or "var").resolve(),
+        max_body_bytes=_int(env, "MAX_BODY_BYTES", 32 * 1024 * 1024),
+        strict_ingest=_bool(env, "STRICT_INGEST", False),
+        jwks_url=_url(env, "AUTH_JWKS_URL"),
+        jwks_file=Path(jwks_file) if jwks_file else None,
+        token_issuer=env.get("AUTH_ISSUER") or "oncotwin-local",
+        token_audience=env.get("AUTH_AUDIENCE") or "oncotwin",
+        token_leeway_s=_int(env, "AUTH_LEEWAY_SECONDS", 30, minimum=0),
+        fhir_base_url=_url(env, "FHIR_BASE_URL"),
+        fhir_token=env.get("FHIR_BEARER_TOKEN") or None,
+        fhir_timeout_s=_float(env, "FHIR_TIMEOUT_SECONDS", 20.0),
+        fhir_page_limit=_int(env, "FHIR_MAX_PAGES", 200),
+        log_level=level,
+    )

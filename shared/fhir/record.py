@@ -1,0 +1,283 @@
+"""The typed, FHIR-free view of one patient that every twin reads.
+
+Ingestion (``shared.fhir.ingest``) builds it; engines never look at raw FHIR again. Every fact
+keeps a ``source`` (``Type/id``) so that decisions can cite the resource they stand on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Literal
+
+SNOMED = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+AJCC = "http://cancerstaging.org"
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    system: str
+    code: str
+    display: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.system, self.code)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class FhirTime:
+    """A FHIR date/dateTime/instant: sorts by its instant, prints as the source wrote it.
+
+    Date-only and partial values ("2019", "2019-04") sort at the start of that period in UTC.
+    """
+
+    instant: datetime
+    text: str = field(compare=False)
+
+    @staticmethod
+    def parse(value: str | None) -> FhirTime | None:
+        if not value or not isinstance(value, str):
+            return None
+        text = value.strip()
+        try:
+            if len(text) == 4:
+                instant = datetime(int(text), 1, 1, tzinfo=UTC)
+            elif len(text) == 7:
+                instant = datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
+            elif len(text) == 10:
+                instant = datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
+            else:
+                instant = datetime.fromisoformat(text.replace("Z", "+00:00"))
+                if instant.tzinfo is None:
+                    instant = instant.replace(tzinfo=UTC)
+        except ValueError:
+            return None
+        return FhirTime(instant, text)
+
+    @property
+    def day(self) -> date:
+        return self.instant.date()
+
+    def __str__(self) -> str:
+        return self.text
+
+
+Role = Literal["primary", "secondary"]
+
+
+@dataclass(slots=True)
+class StageAssessment:
+    """One staging fact: a stage group and/or TNM categories at a point in time."""
+
+    stage: str | None  # normalised group, e.g. "I", "IIIC", "IV", "limited", "extensive"
+    date: FhirTime | None
+    kind: str  # clinical | pathological | summary | condition-code
+    source: str
+    t: str | None = None
+    n: str | None = None
+    m: str | None = None
+    code: Code | None = None
+    cancer_source: str | None = None  # the Condition it stages, when the data says so
+
+
+@dataclass(slots=True)
+class BiomarkerResult:
+    name: str  # normalised marker name: ER, PR, HER2, EGFR, ALK, ROS1, PD-L1, MSI, KRAS, BRAF, PSA...
+    status: str  # positive | negative | equivocal | indeterminate | measured
+    date: FhirTime | None
+    code: Code
+    source: str
+    value: str | None = None  # the reported value as text ("3+", "55 %", "4.2 ng/mL", "HGVS ...")
+    quantity: float | None = None
+    unit: str | None = None
+    cancer_source: str | None = None
+
+
+@dataclass(slots=True)
+class CancerCondition:
+    source: str
+    code: Code
+    cancer_type: str  # nsclc, sclc, lung, colon, rectum, prostate, breast, other...
+    role: Role
+    onset: FhirTime | None
+    abatement: FhirTime | None = None
+    clinical_status: str | None = None
+    verification_status: str | None = None
+    body_site: Code | None = None
+    histology: Code | None = None
+    related_primary: str | None = None  # secondary -> its primary Condition
+    stages: list[StageAssessment] = field(default_factory=list)
+    biomarkers: list[BiomarkerResult] = field(default_factory=list)
+    recognised_by: str = "code"  # code | profile | text: how we knew it was a cancer
+
+
+@dataclass(slots=True)
+class ConditionFact:
+    """A non-cancer condition, or a cancer-related situation such as 'suspected lung cancer'."""
+
+    source: str
+    code: Code
+    onset: FhirTime | None
+    abatement: FhirTime | None
+    clinical_status: str | None
+    oncology_related: bool = False
+
+
+@dataclass(slots=True)
+class PerformanceStatus:
+    scale: Literal["ECOG", "Karnofsky"]
+    value: int
+    date: FhirTime | None
+    source: str
+
+
+@dataclass(slots=True)
+class DiseaseStatus:
+    code: Code
+    date: FhirTime | None
+    source: str
+    cancer_source: str | None = None
+
+
+@dataclass(slots=True)
+class MedicationEvent:
+    """A MedicationRequest, MedicationAdministration or MedicationStatement."""
+
+    source: str
+    kind: Literal["request", "administration", "statement"]
+    code: Code
+    ingredients: tuple[str, ...]  # normalised ingredient names, e.g. ("cisplatin",)
+    drug_class: str | None  # chemotherapy | targeted | immunotherapy | hormonal | supportive | None
+    status: str | None
+    start: FhirTime | None
+    end: FhirTime | None = None
+    intent: str | None = None
+    reasons: tuple[str, ...] = ()  # Condition references, resolved to Type/id
+
+    @property
+    def antineoplastic(self) -> bool:
+        return self.drug_class in {"chemotherapy", "targeted", "immunotherapy", "hormonal"}
+
+
+@dataclass(slots=True)
+class ProcedureEvent:
+    source: str
+    code: Code
+    category: str  # surgery | radiation | chemoradiation | imaging | biopsy | endoscopy | other
+    start: FhirTime | None
+    end: FhirTime | None
+    status: str | None
+    reasons: tuple[str, ...] = ()
+    body_site: Code | None = None
+
+
+@dataclass(slots=True)
+class EncounterEvent:
+    source: str
+    code: Code | None
+    encounter_class: str | None
+    start: FhirTime | None
+    end: FhirTime | None
+
+
+@dataclass(slots=True)
+class ImagingEvent:
+    """An ImagingStudy or an imaging DiagnosticReport."""
+
+    source: str
+    date: FhirTime | None
+    modalities: tuple[str, ...]
+    body_sites: tuple[str, ...]
+    description: str | None
+    code: Code | None = None
+    conclusion: str | None = None
+
+
+@dataclass(slots=True)
+class ReportEvent:
+    """A non-imaging DiagnosticReport kept for the record (pathology, genomics, labs with text)."""
+
+    source: str
+    code: Code
+    category: str | None
+    date: FhirTime | None
+    conclusion: str | None
+    results: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class ClinicalNote:
+    source: str  # DocumentReference/id or DiagnosticReport/id
+    date: FhirTime | None
+    type: Code | None
+    text: str
+    content_type: str
+
+
+@dataclass(slots=True)
+class Order:
+    """A draft/active order that a necessity review may be asked about."""
+
+    reference: str  # MedicationRequest/id or ServiceRequest/id
+    code: Code
+    status: str | None
+    intent: str | None
+    authored: FhirTime | None
+    reasons: tuple[str, ...] = ()
+    ingredients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IngestIssue:
+    """A problem with one resource; in lenient mode the rest of the input is still used."""
+
+    severity: Literal["error", "warning"]
+    resource_type: str | None
+    resource_id: str | None
+    path: str  # where in the input: "Bundle.entry[12].resource" or "Condition.000.ndjson:41"
+    message: str
+
+    def to_json(self) -> dict[str, str | None]:
+        return {
+            "severity": self.severity,
+            "resourceType": self.resource_type,
+            "id": self.resource_id,
+            "path": self.path,
+            "message": self.message,
+        }
+
+
+@dataclass(slots=True)
+class Demographics:
+    id: str
+    birth_date: FhirTime | None
+    gender: str | None
+    deceased: FhirTime | None = None
+    source: str = ""
+
+
+@dataclass(slots=True)
+class PatientRecord:
+    patient: Demographics
+    cancers: list[CancerCondition] = field(default_factory=list)
+    conditions: list[ConditionFact] = field(default_factory=list)
+    stages: list[StageAssessment] = field(default_factory=list)  # every staging fact, linked or not
+    biomarkers: list[BiomarkerResult] = field(default_factory=list)
+    performance: list[PerformanceStatus] = field(default_factory=list)
+    disease_status: list[DiseaseStatus] = field(default_factory=list)
+    medications: list[MedicationEvent] = field(default_factory=list)
+    procedures: list[ProcedureEvent] = field(default_factory=list)
+    encounters: list[EncounterEvent] = field(default_factory=list)
+    imaging: list[ImagingEvent] = field(default_factory=list)
+    reports: list[ReportEvent] = field(default_factory=list)
+    notes: list[ClinicalNote] = field(default_factory=list)
+    orders: list[Order] = field(default_factory=list)
+    issues: list[IngestIssue] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.patient.id
