@@ -113,6 +113,7 @@ class CancerCondition:
     stages: list[StageAssessment] = field(default_factory=list)
     biomarkers: list[BiomarkerResult] = field(default_factory=list)
     recognised_by: str = "code"  # code | profile | text: how we knew it was a cancer
+    merged_sources: tuple[str, ...] = ()  # other Conditions recording the same cancer
 
 
 @dataclass(slots=True)

@@ -21,9 +21,9 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
-from email.utils import parsedate_to_datetime
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
@@ -190,7 +190,9 @@ class FhirServerClient:
             if medication is not None:
                 collected.add(medication)
         if self.skipped_types:
-            logger.info("FHIR server does not search %s; record may be partial", ", ".join(self.skipped_types))
+            logger.info(
+                "FHIR server does not search %s; record may be partial", ", ".join(self.skipped_types)
+            )
         return collected.resources
 
     def search_patients(self, params: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -248,7 +250,7 @@ class FhirServerClient:
                 return absolute
         return None
 
-    def _missing_medications(self, collected: _Collected) -> Iterator[str]:
+    def _missing_medications(self, collected: _Collected) -> list[str]:
         """Ids of Medications referenced by medication resources that no search returned."""
         wanted: list[str] = []
         for resource in collected.resources:
@@ -262,7 +264,7 @@ class FhirServerClient:
             match = _MEDICATION_REF.search(ref)
             if match and not collected.has("Medication", match.group(1)) and match.group(1) not in wanted:
                 wanted.append(match.group(1))
-        return iter(wanted)
+        return wanted
 
     def _read_optional(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
         """A read where a missing target (dangling reference) is tolerated, not fatal."""
@@ -310,7 +312,9 @@ class FhirServerClient:
                 reason = f"HTTP {response.status_code}"
                 response.close()
             attempt += 1
-            logger.warning("FHIR GET failed (%s); retry %d of %d in %.2f s", reason, attempt, self.max_retries, delay)
+            logger.warning(
+                "FHIR GET failed (%s); retry %d of %d in %.2f s", reason, attempt, self.max_retries, delay
+            )
             self._sleep(delay)
 
     def _backoff(self, attempt: int) -> float:

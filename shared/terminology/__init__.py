@@ -27,6 +27,7 @@ class CancerCode:
     display: str
     stage: str | None = None
     recognised_by: str = "code"
+    generic: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +50,16 @@ def _load(name: str) -> dict[str, Any]:
 
 
 def _words_pattern(words: list[str]) -> re.Pattern[str]:
-    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-    return re.compile(rf"(?<![a-z0-9])(?:{alternatives})", re.IGNORECASE)
+    """Whole words, longest first; a leading/trailing ``*`` marks a stem ("*ectomy", "mammogra*")."""
+
+    def one(word: str) -> str:
+        body = re.escape(word.strip("*"))
+        head = "" if word.startswith("*") else r"(?<![a-z0-9])"
+        tail = "" if word.endswith("*") else r"(?![a-z0-9])"
+        return head + body + tail
+
+    alternatives = "|".join(one(w) for w in sorted(words, key=len, reverse=True))
+    return re.compile(f"(?:{alternatives})", re.IGNORECASE)
 
 
 class Terminology:
@@ -60,7 +69,9 @@ class Terminology:
         for row in cancers["snomed"]:
             if row["role"] not in CANCER_ROLES:
                 raise TerminologyError(f"cancers.json: bad role {row['role']!r} for {row['code']}")
-            self._snomed_cancers[row["code"]] = CancerCode(row["type"], row["role"], row["display"], row.get("stage"))
+            self._snomed_cancers[row["code"]] = CancerCode(
+                row["type"], row["role"], row["display"], row.get("stage"), generic=row.get("generic", False)
+            )
         self._icd_prefixes = sorted(
             ((r["prefix"], CancerCode(r["type"], r["role"], r["display"])) for r in cancers["icd10cm_prefixes"]),
             key=lambda item: len(item[0]),
@@ -92,6 +103,8 @@ class Terminology:
         self.genetic_panels: frozenset[str] = frozenset(obs["genetic_panels_loinc"])
         self.gene_components: frozenset[str] = frozenset(obs["gene_component_loinc"])
         self.genes_hgnc: dict[str, str] = obs["genes_hgnc"]
+        self.marker_cancer_types: dict[str, list[str]] = obs["marker_cancer_types"]
+        self.value_displays: dict[str, str] = obs["value_displays"]
         self._biomarker_text = [(_words_pattern([k]), v) for k, v in obs["biomarker_text"].items()]
         self._value_codes = {code: status for status, codes in obs["values"].items() for code in codes}
         self._value_text = [
@@ -143,6 +156,10 @@ class Terminology:
     def cancer_display(self, code: Code) -> str | None:
         known = self._snomed_cancers.get(code.code) if code.system == SNOMED else None
         return known.display if known else None
+
+    def is_generic_cancer_code(self, code: Code) -> bool:
+        known = self._snomed_cancers.get(code.code) if code.system == SNOMED else None
+        return bool(known and known.generic)
 
     # --- drugs ---------------------------------------------------------------------------
     def drugs_in(self, codes: list[Code], text: str | None = None) -> tuple[tuple[str, ...], str | None]:
