@@ -1,0 +1,114 @@
+"""The Clinical-History JSON contract (camelCase, stable). Also the source of the OpenAPI schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+
+class Contract(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json")
+
+
+class CodeOut(Contract):
+    system: str
+    code: str
+    display: str | None = None
+
+
+class PatientOut(Contract):
+    id: str
+    birth_date: str | None = None
+    gender: str | None = None
+    deceased: str | None = None
+
+
+class StageOut(Contract):
+    stage: str | None
+    date: str | None
+    kind: str
+    t: str | None = None
+    n: str | None = None
+    m: str | None = None
+    source: str
+
+
+class BiomarkerOut(Contract):
+    name: str
+    status: str
+    value: str | None = None
+    date: str | None
+    code: CodeOut
+    source: str
+
+
+class CancerOut(Contract):
+    code: CodeOut
+    cancer_type: str
+    role: str
+    onset: str | None
+    clinical_status: str | None = None
+    stage: StageOut | None = None  # the current stage: latest, pathological preferred on the same day
+    stage_history: list[StageOut]
+    biomarkers: list[BiomarkerOut]
+    source: str
+    also_recorded_as: list[str] = []
+
+
+class LineOut(Contract):
+    line: int
+    cancer: str | None
+    regimen: str
+    start: str
+    end: str
+    drugs: list[str]
+    drug_classes: list[str]
+    exposures: int
+    sources: list[str]
+
+
+class TextSpan(Contract):
+    start: int
+    end: int
+    text: str
+    sentence: str | None = None
+    section: str | None = None
+
+
+class EventOut(Contract):
+    date: str | None
+    kind: str  # diagnosis | stage | biomarker | performance | disease-status | medication | procedure |
+    #            radiation | surgery | imaging | encounter | report | note
+    code: CodeOut | None = None
+    display: str
+    source: str
+    from_text: bool = False
+    negated: bool = False
+    uncertain: bool = False
+    span: TextSpan | None = None
+    detail: str | None = None
+
+
+class IssueOut(Contract):
+    severity: str
+    resource_type: str | None
+    id: str | None
+    path: str
+    message: str
+
+
+class Timeline(Contract):
+    patient: PatientOut
+    cancers: list[CancerOut]
+    lines_of_therapy: list[LineOut]
+    events: list[EventOut]
+    issues: list[IssueOut]
+    disclaimer: str = (
+        "Demonstration output of OncoTwin: derived automatically from the record; "
+        "requires review by the treating clinical team."
+    )

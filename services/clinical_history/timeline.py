@@ -1,0 +1,167 @@
+"""Build the Clinical-History timeline of one ``PatientRecord``.
+
+Coded facts become events directly; free-text notes go through the spaCy note extractor and
+their mentions join the timeline marked ``fromText`` with the note and character span.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from services.clinical_history.contract import (
+    BiomarkerOut,
+    CancerOut,
+    CodeOut,
+    EventOut,
+    IssueOut,
+    LineOut,
+    PatientOut,
+    StageOut,
+    TextSpan,
+    Timeline,
+)
+from services.clinical_history.lines import lines_of_therapy
+from shared.fhir.record import (
+    BiomarkerResult,
+    CancerCondition,
+    Code,
+    FhirTime,
+    PatientRecord,
+    StageAssessment,
+)
+
+PROCEDURE_KINDS = {"radiation": "radiation", "chemoradiation": "radiation", "surgery": "surgery", "imaging": "imaging"}
+MENTION_KINDS = {"medication": "medication", "cancer": "diagnosis", "stage": "stage", "procedure": "procedure"}
+STAGE_KIND_RANK = {"pathological": 3, "clinical": 2, "summary": 1, "condition-code": 0}
+
+
+def _code(code: Code | None) -> CodeOut | None:
+    if code is None or not code.code:
+        return None
+    return CodeOut(system=code.system, code=code.code, display=code.display)
+
+
+def _text(value: FhirTime | None) -> str | None:
+    return value.text if value else None
+
+
+def _stage(stage: StageAssessment) -> StageOut:
+    return StageOut(stage=stage.stage, date=_text(stage.date), kind=stage.kind, t=stage.t, n=stage.n, m=stage.m,
+                    source=stage.source)
+
+
+def _biomarker(b: BiomarkerResult) -> BiomarkerOut:
+    return BiomarkerOut(name=b.name, status=b.status, value=b.value, date=_text(b.date),
+                        code=_code(b.code) or CodeOut(system="", code="", display=b.name), source=b.source)
+
+
+def current_stage(cancer: CancerCondition) -> StageAssessment | None:
+    """Latest stage with a group; on the same day pathological beats clinical beats summary."""
+    staged = [s for s in cancer.stages if s.stage]
+    if not staged:
+        return None
+    return max(staged, key=lambda s: (s.date.day if s.date else None, STAGE_KIND_RANK.get(s.kind, 0)))
+
+
+def _cancer(c: CancerCondition) -> CancerOut:
+    stage = current_stage(c)
+    return CancerOut(
+        code=_code(c.code) or CodeOut(system="", code="", display=c.code.display),
+        cancer_type=c.cancer_type,
+        role=c.role,
+        onset=_text(c.onset),
+        clinical_status=c.clinical_status,
+        stage=_stage(stage) if stage else None,
+        stage_history=[_stage(s) for s in c.stages],
+        biomarkers=[_biomarker(b) for b in c.biomarkers],
+        source=c.source,
+        also_recorded_as=list(c.merged_sources),
+    )
+
+
+def _coded_events(record: PatientRecord) -> Iterable[EventOut]:
+    for c in record.cancers:
+        yield EventOut(date=_text(c.onset), kind="diagnosis", code=_code(c.code),
+                       display=c.code.display or c.cancer_type, source=c.source, detail=f"{c.role} {c.cancer_type}")
+    for cond in record.conditions:
+        if cond.oncology_related:
+            yield EventOut(date=_text(cond.onset), kind="diagnosis", code=_code(cond.code),
+                           display=cond.code.display or "condition", source=cond.source, uncertain=True)
+    for s in record.stages:
+        yield EventOut(date=_text(s.date), kind="stage", code=_code(s.code), source=s.source,
+                       display=f"Stage {s.stage}" if s.stage else " ".join(filter(None, [s.t, s.n, s.m])) or "TNM",
+                       detail=s.kind)
+    for b in record.biomarkers:
+        yield EventOut(date=_text(b.date), kind="biomarker", code=_code(b.code), source=b.source,
+                       display=f"{b.name}: {b.value or b.status}", detail=b.status)
+    for p in record.performance:
+        yield EventOut(date=_text(p.date), kind="performance", display=f"{p.scale} {p.value}", source=p.source)
+    for d in record.disease_status:
+        yield EventOut(date=_text(d.date), kind="disease-status", code=_code(d.code), source=d.source,
+                       display=d.code.display or d.code.code)
+    for m in record.medications:
+        yield EventOut(date=_text(m.start), kind="medication", code=_code(m.code), source=m.source,
+                       display=m.code.display or ", ".join(m.ingredients) or "medication",
+                       detail=" ".join(filter(None, [m.drug_class, m.kind, m.status])))
+    cancer_sources = {s for c in record.cancers for s in (c.source, *c.merged_sources)}
+    for p in record.procedures:
+        if p.category == "other" and not cancer_sources.intersection(p.reasons):
+            continue
+        yield EventOut(date=_text(p.start), kind=PROCEDURE_KINDS.get(p.category, "procedure"), code=_code(p.code),
+                       display=p.code.display or p.category, source=p.source, detail=p.category)
+    for i in record.imaging:
+        yield EventOut(date=_text(i.date), kind="imaging", code=_code(i.code), source=i.source,
+                       display=i.description or " ".join(i.modalities) or "imaging",
+                       detail=i.conclusion or ", ".join(i.body_sites) or None)
+    for r in record.reports:
+        yield EventOut(date=_text(r.date), kind="report", code=_code(r.code), source=r.source,
+                       display=r.code.display or "report", detail=r.conclusion)
+    for e in record.encounters:
+        yield EventOut(date=_text(e.start), kind="encounter", code=_code(e.code), source=e.source,
+                       display=(e.code.display if e.code else None) or e.encounter_class or "encounter",
+                       detail=e.encounter_class)
+
+
+def _text_events(record: PatientRecord) -> Iterable[EventOut]:
+    if not record.notes:
+        return
+    from services.clinical_history.notes import extract_many  # spaCy loads only when notes exist
+
+    mentions = extract_many(record.notes)
+    for note in record.notes:
+        yield EventOut(date=_text(note.date), kind="note", code=_code(note.type), source=note.source,
+                       display=(note.type.display if note.type else None) or "clinical note")
+        for m in mentions.get(note.source, ()):
+            yield EventOut(
+                date=_text(note.date),
+                kind=MENTION_KINDS.get(m.kind, m.kind),
+                code=_code(m.code),
+                display=m.normalized or m.text,
+                source=note.source,
+                from_text=True,
+                negated=m.negated,
+                uncertain=m.uncertain,
+                span=TextSpan(start=m.start, end=m.end, text=m.text, sentence=m.sentence, section=m.section),
+            )
+
+
+def build_timeline(record: PatientRecord, *, include_notes: bool = True) -> Timeline:
+    events = list(_coded_events(record))
+    if include_notes:
+        events.extend(_text_events(record))
+    events.sort(key=lambda e: (e.date is None, FhirTime.parse(e.date) if e.date else None, e.kind))
+    lines = [
+        LineOut(line=line.line, cancer=line.cancer_source, regimen=line.regimen, start=line.start.text,
+                end=line.end.text, drugs=line.drugs, drug_classes=line.drug_classes, exposures=line.exposures,
+                sources=line.sources)
+        for line in lines_of_therapy(record)
+    ]
+    p = record.patient
+    return Timeline(
+        patient=PatientOut(id=p.id, birth_date=_text(p.birth_date), gender=p.gender, deceased=_text(p.deceased)),
+        cancers=[_cancer(c) for c in record.cancers],
+        lines_of_therapy=lines,
+        events=events,
+        issues=[IssueOut(severity=i.severity, resource_type=i.resource_type, id=i.resource_id, path=i.path,
+                         message=i.message) for i in record.issues],
+    )
