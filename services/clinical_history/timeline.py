@@ -79,7 +79,22 @@ def _cancer(c: CancerCondition) -> CancerOut:
     )
 
 
+def cancer_care_start(record: PatientRecord) -> FhirTime | None:
+    """First oncology fact: a cancer or suspected cancer, a stage, or an antineoplastic drug."""
+    dates = [c.onset for c in record.cancers] + [c.onset for c in record.conditions if c.oncology_related]
+    dates += [s.date for s in record.stages] + [m.start for m in record.medications if m.antineoplastic]
+    known = [d for d in dates if d is not None]
+    return min(known) if known else None
+
+
 def _coded_events(record: PatientRecord) -> Iterable[EventOut]:
+    """Oncology facts always; encounters and other drugs only from the start of cancer care on,
+    so that decades of unrelated history do not bury the cancer timeline."""
+    era = cancer_care_start(record)
+
+    def in_era(when: FhirTime | None) -> bool:
+        return era is not None and when is not None and when.day >= era.day
+
     for c in record.cancers:
         yield EventOut(date=_text(c.onset), kind="diagnosis", code=_code(c.code),
                        display=c.code.display or c.cancer_type, source=c.source, detail=f"{c.role} {c.cancer_type}")
@@ -100,6 +115,8 @@ def _coded_events(record: PatientRecord) -> Iterable[EventOut]:
         yield EventOut(date=_text(d.date), kind="disease-status", code=_code(d.code), source=d.source,
                        display=d.code.display or d.code.code)
     for m in record.medications:
+        if m.drug_class is None and not in_era(m.start):
+            continue
         yield EventOut(date=_text(m.start), kind="medication", code=_code(m.code), source=m.source,
                        display=m.code.display or ", ".join(m.ingredients) or "medication",
                        detail=" ".join(filter(None, [m.drug_class, m.kind, m.status])))
@@ -108,7 +125,8 @@ def _coded_events(record: PatientRecord) -> Iterable[EventOut]:
         if p.category == "other" and not cancer_sources.intersection(p.reasons):
             continue
         yield EventOut(date=_text(p.start), kind=PROCEDURE_KINDS.get(p.category, "procedure"), code=_code(p.code),
-                       display=p.code.display or p.category, source=p.source, detail=p.category)
+                       display=p.code.display or f"{p.category} (code {p.code.code})", source=p.source,
+                       detail=p.category)
     for i in record.imaging:
         yield EventOut(date=_text(i.date), kind="imaging", code=_code(i.code), source=i.source,
                        display=i.description or " ".join(i.modalities) or "imaging",
@@ -117,6 +135,8 @@ def _coded_events(record: PatientRecord) -> Iterable[EventOut]:
         yield EventOut(date=_text(r.date), kind="report", code=_code(r.code), source=r.source,
                        display=r.code.display or "report", detail=r.conclusion)
     for e in record.encounters:
+        if not in_era(e.start):
+            continue
         yield EventOut(date=_text(e.start), kind="encounter", code=_code(e.code), source=e.source,
                        display=(e.code.display if e.code else None) or e.encounter_class or "encounter",
                        detail=e.encounter_class)

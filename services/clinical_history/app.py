@@ -1,0 +1,54 @@
+"""HTTP face of the Clinical-History twin: a blueprint and a ``create_app`` for running it alone."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, Response, g, jsonify, request
+
+from services.clinical_history.openapi import openapi_document
+from services.clinical_history.timeline import build_timeline
+from shared.access_log import log_access
+from shared.config import Settings
+from shared.errors import UnprocessableInput
+from shared.fhir.ingest import IngestResult, load_bundle, load_resources
+from shared.fhir.server import FhirServerClient
+from shared.http import fhir_body, flag, make_app, principal, require, settings
+
+blueprint = Blueprint("history", __name__, url_prefix="/history/v1")
+
+
+def _respond(result: IngestResult, action: str, patient_id: str | None) -> Response:
+    try:
+        record = result.record(patient_id)
+    except UnprocessableInput:
+        log_access(principal(), action, patient_id, "not-in-input", g.request_id)
+        raise
+    timeline = build_timeline(record, include_notes=flag("notes", True))
+    log_access(principal(), action, record.id, "ok", g.request_id)
+    return jsonify(timeline.to_json())
+
+
+@blueprint.post("/timeline")
+@require("history.read")
+def timeline_from_bundle() -> Response:
+    strict = flag("strict", settings().strict_ingest)
+    return _respond(load_bundle(fhir_body(), strict=strict), "history.timeline", request.args.get("patient"))
+
+
+@blueprint.get("/patients/<patient_id>/timeline")
+@require("history.read")
+def timeline_from_server(patient_id: str) -> Response:
+    with FhirServerClient.from_settings(settings()) as client:
+        resources = client.patient_resources(patient_id)
+    result = load_resources(resources, strict=flag("strict", settings().strict_ingest))
+    return _respond(result, "history.timeline.server", patient_id)
+
+
+@blueprint.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document())
+
+
+def create_app(app_settings: Settings | None = None) -> Flask:
+    app = make_app(__name__, app_settings)
+    app.register_blueprint(blueprint)
+    return app

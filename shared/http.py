@@ -1,0 +1,141 @@
+"""The one HTTP seam every service app shares: app factory basics, auth, errors, limits.
+
+- every ``OncoTwinError`` becomes its status + FHIR ``OperationOutcome``; anything else is a
+  generic 500 OperationOutcome with a request id (the log gets the exception type and place only:
+  exception text may quote PHI);
+- bodies over ``MAX_BODY_BYTES`` get 413 before they are read;
+- every route except ``/health`` needs a bearer token; ``require`` adds the scope check.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import uuid
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar, cast
+
+from flask import Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from shared.auth import Principal, TokenVerifier, require_scope
+from shared.config import Settings, load_settings
+from shared.errors import (
+    OncoTwinError,
+    PayloadTooLarge,
+    Problem,
+    UnsupportedMediaType,
+    operation_outcome,
+)
+
+log = logging.getLogger("oncotwin.http")
+FHIR_JSON = "application/fhir+json"
+JSON_TYPES = {FHIR_JSON, "application/json"}
+OPEN_PATHS = {"/health"}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def outcome_response(status: int, problems: list[Problem]) -> Response:
+    response = jsonify(operation_outcome(problems))
+    response.status_code = status
+    response.mimetype = FHIR_JSON
+    return response
+
+
+def make_app(import_name: str, settings: Settings | None = None, verifier: TokenVerifier | None = None) -> Flask:
+    settings = settings or load_settings()
+    app = Flask(import_name)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["JSON_SORT_KEYS"] = False
+    app.extensions["oncotwin.settings"] = settings
+    app.extensions["oncotwin.verifier"] = verifier or TokenVerifier.from_settings(settings)
+
+    @app.before_request
+    def _authenticate() -> None:
+        g.request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
+        if request.path in OPEN_PATHS:
+            return
+        verifier_: TokenVerifier = current_app.extensions["oncotwin.verifier"]
+        g.principal = verifier_.verify(request.headers.get("Authorization"))
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Cache-Control"] = "no-store"  # responses carry PHI
+        response.headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+        return response
+
+    @app.errorhandler(OncoTwinError)
+    def _domain_error(exc: OncoTwinError) -> Response:
+        log.info("request %s failed: %s %s", g.get("request_id"), exc.status, type(exc).__name__)
+        response = outcome_response(exc.status, exc.problems)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="oncotwin"'
+        return response
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(_exc: RequestEntityTooLarge) -> Response:
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        return _domain_error(PayloadTooLarge(f"request body exceeds the limit of {limit} bytes"))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        code = {404: "not-found", 405: "not-supported"}.get(exc.code or 400, "processing")
+        return outcome_response(exc.code or 400, [Problem(code, exc.name)])
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        where = f"{frame.filename}:{frame.lineno}" if frame else "?"
+        log.error("request %s: unexpected %s at %s", g.get("request_id"), type(exc).__name__, where)
+        return outcome_response(
+            500, [Problem("exception", f"internal error; quote request id {g.get('request_id')}")]
+        )
+
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify({"status": "ok"})
+
+    @app.get("/ready")
+    def ready() -> Response:
+        # Ready once settings loaded and the token keys can be read (verifier built above).
+        return jsonify({"status": "ready"})
+
+    return app
+
+
+def settings() -> Settings:
+    return cast(Settings, current_app.extensions["oncotwin.settings"])
+
+
+def principal() -> Principal:
+    return cast(Principal, g.principal)
+
+
+def require(scope: str) -> Callable[[F], F]:
+    """Route decorator: the already-authenticated caller must hold ``scope``."""
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            require_scope(principal(), scope)
+            return view(*args, **kwargs)
+
+        return cast(F, wrapper)
+
+    return decorate
+
+
+def fhir_body() -> bytes:
+    """The raw request body, after checking it claims to be (FHIR) JSON."""
+    mimetype = request.mimetype or ""
+    if mimetype not in JSON_TYPES:
+        raise UnsupportedMediaType(f"Content-Type must be {FHIR_JSON} or application/json")
+    return request.get_data(cache=False)
+
+
+def flag(name: str, default: bool = False) -> bool:
+    raw = request.args.get(name)
+    return default if raw is None else raw.lower() in {"1", "true", "yes"}
