@@ -167,7 +167,7 @@ def ingest(raws: Iterable[RawResource], *, strict: bool = False) -> IngestResult
     if not records:
         raise UnprocessableInput(
             "input holds no usable Patient",
-            [Problem("required", "no Patient resource (or none that resources refer to) in the input")]
+            [Problem("required", "input holds no usable Patient: none present, or none that resources refer to")]
             + [Problem("invalid", i.message, expression=i.path) for i in issues if i.severity == "error"][:20],
         )
     return IngestResult(list(records.values()), issues, used, skipped)

@@ -99,10 +99,8 @@ def parse_bundle(data: bytes | str, *, where: str = "Bundle") -> list[RawResourc
     """The request body of an API call: must be one FHIR Bundle."""
     doc = _require_resource(_loads(data, "request body"), "request body")
     if doc["resourceType"] != "Bundle":
-        raise InvalidInput(
-            f"expected a FHIR Bundle, got resourceType {doc['resourceType'][:40]!r}",
-            [Problem("invalid", "resourceType must be Bundle", expression="resourceType")],
-        )
+        message = f"expected a FHIR Bundle, got resourceType {doc['resourceType'][:40]!r}"
+        raise InvalidInput(message, [Problem("invalid", message, expression="resourceType")])
     return bundle_entries(doc, where)
 
 
