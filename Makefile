@@ -1,0 +1,33 @@
+# OncoTwin: the two set-up commands are `make run` and `make test` (see README).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PORT   ?= 8080
+
+.PHONY: run test bench lint install install-dev clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+install: $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e .
+
+install-dev: $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e '.[dev]'
+
+run: install
+	$(VENV)/bin/oncotwin up --port $(PORT)
+
+test: install-dev
+	$(PY) -m pytest
+
+bench: install-dev
+	$(PY) bench/timeline_vs_validation.py
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
