@@ -14,7 +14,7 @@ from shared.auth import SCOPES, LocalKeys
 from shared.config import load_settings
 
 
-class _Server(BaseApplication):  # type: ignore[misc]
+class _Server(BaseApplication):
     def __init__(self, app: Any, options: dict[str, Any]) -> None:
         self.application, self.options = app, options
         super().__init__()
@@ -35,11 +35,19 @@ def run_embedded(host: str, port: int, workers: int) -> int:
     if settings.local_keys:
         keys = LocalKeys(settings.data_dir)
         keys.ensure()
-        token = keys.mint("local-user", sorted(SCOPES), issuer=settings.token_issuer,
-                          audience=settings.token_audience)
+        token = keys.mint("local-user", sorted(SCOPES), issuer=settings.token_issuer, audience=settings.token_audience)
         print(f"OncoTwin (embedded) on http://{host}:{port}/  (health: /health)", flush=True)
         print("Bearer token for this machine (8 h; new one: oncotwin token):", flush=True)
         print(token, flush=True)
-    _Server(app, {"bind": f"{host}:{port}", "workers": 1, "threads": max(workers, 1) * 4,
-                  "worker_class": "gthread", "timeout": 120, "accesslog": None}).run()
+    _Server(
+        app,
+        {
+            "bind": f"{host}:{port}",
+            "workers": 1,
+            "threads": max(workers, 1) * 4,
+            "worker_class": "gthread",
+            "timeout": 120,
+            "accesslog": None,
+        },
+    ).run()
     return 0

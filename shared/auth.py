@@ -345,9 +345,7 @@ class TokenVerifier:
         self.leeway_s = leeway_s
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, *, clock: Callable[[], float] = time.monotonic
-    ) -> TokenVerifier:
+    def from_settings(cls, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> TokenVerifier:
         """JWKS from the URL, else the file, else the local key. ``clock`` drives the JWKS cache."""
         source: _KeySource
         if settings.jwks_url:

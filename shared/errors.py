@@ -52,8 +52,6 @@ class OncoTwinError(Exception):
         return self.message
 
 
-
-
 class InvalidInput(OncoTwinError):
     """The input is not what the endpoint accepts (not JSON, not FHIR, breaks the R4 schema...)."""
 

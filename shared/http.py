@@ -90,9 +90,7 @@ def make_app(import_name: str, settings: Settings | None = None, verifier: Token
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         where = f"{frame.filename}:{frame.lineno}" if frame else "?"
         log.error("request %s: unexpected %s at %s", g.get("request_id"), type(exc).__name__, where)
-        return outcome_response(
-            500, [Problem("exception", f"internal error; quote request id {g.get('request_id')}")]
-        )
+        return outcome_response(500, [Problem("exception", f"internal error; quote request id {g.get('request_id')}")])
 
     @app.get("/health")
     def health() -> Response:

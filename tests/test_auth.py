@@ -215,9 +215,7 @@ def test_rs256_token_verifies_against_a_jwks_file(tmp_path: Path, rsa_key: rsa.R
     claims = _claims(iss=IDP, scp=["necessity.read", "necessity.audit"], azp="tumor-board-app")
     token = jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": "idp-1"})
     principal = verifier.verify(f"Bearer {token}")
-    assert principal == Principal(
-        "dr-who", frozenset({"necessity.read", "necessity.audit"}), "tumor-board-app"
-    )
+    assert principal == Principal("dr-who", frozenset({"necessity.read", "necessity.audit"}), "tumor-board-app")
 
     # The header may not pick a different algorithm for an RSA key.
     ec_token = jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), "ES256", headers={"kid": "idp-1"})

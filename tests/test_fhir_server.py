@@ -147,9 +147,7 @@ def _make_app(fake: FakeFhir) -> Flask:
         included = {
             r["medicationReference"]["reference"].split("/")[1] for r in chunk if "medicationReference" in r
         } & fake.included_medications
-        entries += [
-            {"resource": fake.medications[i], "search": {"mode": "include"}} for i in sorted(included)
-        ]
+        entries += [{"resource": fake.medications[i], "search": {"mode": "include"}} for i in sorted(included)]
         if offset == 0:  # what HAPI does with search warnings
             warning = {
                 "resourceType": "OperationOutcome",
@@ -197,9 +195,7 @@ def _make_app(fake: FakeFhir) -> Flask:
         if resource_type == "Patient":
             if set(args) - {"gender"}:
                 return _outcome(400, "not-supported")
-            matches = [
-                p for p in bulk.patients.values() if p.get("gender") == args.get("gender", p.get("gender"))
-            ]
+            matches = [p for p in bulk.patients.values() if p.get("gender") == args.get("gender", p.get("gender"))]
         else:
             if resource_type not in bulk.by_type or set(args) != {"patient"}:
                 return _outcome(400, "not-supported")
@@ -263,9 +259,7 @@ def test_pulls_every_resource_of_the_patient_exactly_once(
     assert resources[0]["resourceType"] == "Patient" and resources[0]["id"] == PATIENT
     requests_ = _of_type(resources, "MedicationRequest")
     assert len(requests_) == 447
-    assert sorted(r["id"] for r in requests_) == sorted(
-        r["id"] for r in bulk.by_type["MedicationRequest"][PATIENT]
-    )
+    assert sorted(r["id"] for r in requests_) == sorted(r["id"] for r in bulk.by_type["MedicationRequest"][PATIENT])
     documents = _of_type(resources, "DocumentReference")
     assert len(documents) == 90
     assert {r["id"] for r in documents} == {r["id"] for r in bulk.by_type["DocumentReference"][PATIENT]}
@@ -277,9 +271,7 @@ def test_pulls_every_resource_of_the_patient_exactly_once(
     assert sleeps == []
 
 
-def test_sends_bearer_token_and_fhir_accept_on_every_request(
-    fhir: FakeFhir, client: FhirServerClient
-) -> None:
+def test_sends_bearer_token_and_fhir_accept_on_every_request(fhir: FakeFhir, client: FhirServerClient) -> None:
     client.patient_resources(PATIENT)
     assert len(fhir.seen) > 20
     assert {s.authorization for s in fhir.seen} == {f"Bearer {TOKEN}"}
@@ -288,9 +280,7 @@ def test_sends_bearer_token_and_fhir_accept_on_every_request(
     assert first.args == {"patient": PATIENT, "_count": "200"}
 
 
-def test_unsupported_types_are_skipped_and_listed(
-    fhir: FakeFhir, client: FhirServerClient, bulk: Bulk
-) -> None:
+def test_unsupported_types_are_skipped_and_listed(fhir: FakeFhir, client: FhirServerClient, bulk: Bulk) -> None:
     resources = client.patient_resources(PATIENT)
     unsupported = [t for t in PATIENT_SEARCHES if t not in bulk.by_type]
     assert "Observation" in unsupported and "DiagnosticReport" in unsupported
@@ -327,9 +317,7 @@ def test_wrong_token_is_an_upstream_credentials_error(fhir: FakeFhir, sleeps: li
     "origin",
     ["http://localhost:{port}", "https://127.0.0.1:{port}", "http://127.0.0.1:1", "http://evil.example"],
 )
-def test_next_link_to_another_origin_is_refused(
-    fhir: FakeFhir, client: FhirServerClient, origin: str
-) -> None:
+def test_next_link_to_another_origin_is_refused(fhir: FakeFhir, client: FhirServerClient, origin: str) -> None:
     port = fhir.base_url.split(":")[2].split("/")[0]
     fhir.next_origin = origin.format(port=port)
     with pytest.raises(UpstreamError) as err:
@@ -409,9 +397,7 @@ def test_server_that_never_answers_times_out(fhir: FakeFhir, sleeps: list[float]
 
 
 def test_connection_refused_is_a_504_after_retries(sleeps: list[float]) -> None:
-    with FhirServerClient(
-        "http://127.0.0.1:1/fhir", token=TOKEN, timeout_s=0.5, sleep=sleeps.append
-    ) as client:
+    with FhirServerClient("http://127.0.0.1:1/fhir", token=TOKEN, timeout_s=0.5, sleep=sleeps.append) as client:
         with pytest.raises(UpstreamError) as err:
             client.patient_resources(PATIENT)
     assert err.value.status == 504
@@ -426,10 +412,7 @@ def test_referenced_medications_are_fetched_once_unless_included(
 ) -> None:
     fhir.medication_refs = True
     codes = sorted(
-        {
-            r["medicationCodeableConcept"]["coding"][0]["code"]
-            for r in bulk.by_type["MedicationRequest"][PATIENT]
-        }
+        {r["medicationCodeableConcept"]["coding"][0]["code"] for r in bulk.by_type["MedicationRequest"][PATIENT]}
     )
     assert len(codes) >= 3
     ids = [f"rx-{c}" for c in codes]

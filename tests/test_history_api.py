@@ -50,9 +50,15 @@ def test_timeline_of_the_largest_bundle(client, auth):
     assert response.status_code == 200
     body = response.get_json()
     assert body["patient"]["gender"] == "male"
-    assert [(c["cancerType"], c["role"]) for c in body["cancers"]] == [("prostate", "primary"), ("prostate", "secondary")]
-    assert body["cancers"][0]["code"] == {"system": "http://snomed.info/sct", "code": "126906006",
-                                           "display": "Neoplasm of prostate"}
+    assert [(c["cancerType"], c["role"]) for c in body["cancers"]] == [
+        ("prostate", "primary"),
+        ("prostate", "secondary"),
+    ]
+    assert body["cancers"][0]["code"] == {
+        "system": "http://snomed.info/sct",
+        "code": "126906006",
+        "display": "Neoplasm of prostate",
+    }
     kinds = {e["kind"] for e in body["events"]}
     assert {"diagnosis", "biomarker", "encounter"} <= kinds
     assert response.headers["Cache-Control"] == "no-store"
@@ -60,8 +66,11 @@ def test_timeline_of_the_largest_bundle(client, auth):
 
 @requires_data
 def test_lines_of_therapy_in_the_contract(client, auth):
-    body = client.post("/history/v1/timeline", data=synthea("Austin_Franecki").read_bytes(),
-                       headers=auth | {"Content-Type": "application/json"}).get_json()
+    body = client.post(
+        "/history/v1/timeline",
+        data=synthea("Austin_Franecki").read_bytes(),
+        headers=auth | {"Content-Type": "application/json"},
+    ).get_json()
     (line,) = body["linesOfTherapy"]
     assert line["drugs"] == ["cisplatin", "paclitaxel"] and line["line"] == 1
     assert line["start"].startswith("1985-07-26") and line["end"].startswith("1989-07-20")
@@ -86,12 +95,22 @@ def test_unknown_bundle_type(client, auth):
     assert_outcome(client.post("/history/v1/timeline", data=body, headers=auth | FHIR), 400, "Bundle.type")
 
 
-BROKEN = {"resourceType": "Bundle", "type": "collection", "entry": [
-    {"resource": {"resourceType": "Patient", "id": "p1", "birthDate": "1970-01-01"}},
-    {"resource": {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
-                  "code": {"coding": [{"system": "http://snomed.info/sct", "code": "254637007"}]},
-                  "onsetDateTime": "2020-02-30"}},
-]}
+BROKEN = {
+    "resourceType": "Bundle",
+    "type": "collection",
+    "entry": [
+        {"resource": {"resourceType": "Patient", "id": "p1", "birthDate": "1970-01-01"}},
+        {
+            "resource": {
+                "resourceType": "Condition",
+                "id": "c1",
+                "subject": {"reference": "Patient/p1"},
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "254637007"}]},
+                "onsetDateTime": "2020-02-30",
+            }
+        },
+    ],
+}
 
 
 def test_schema_break_is_an_issue_when_lenient_and_400_when_strict(client, auth):
@@ -99,21 +118,39 @@ def test_schema_break_is_an_issue_when_lenient_and_400_when_strict(client, auth)
     assert lenient.status_code == 200
     (issue,) = lenient.get_json()["issues"]
     assert issue["resourceType"] == "Condition" and issue["id"] == "c1" and issue["path"] == "Bundle.entry[1].resource"
-    body = assert_outcome(client.post("/history/v1/timeline?strict=true", data=json.dumps(BROKEN),
-                                      headers=auth | FHIR), 400, "onsetDateTime")
+    body = assert_outcome(
+        client.post("/history/v1/timeline?strict=true", data=json.dumps(BROKEN), headers=auth | FHIR),
+        400,
+        "onsetDateTime",
+    )
     assert body["issue"][0]["expression"] == ["Bundle.entry[1].resource"]
 
 
 def test_dangling_references(client, auth):
-    dangling = {"resourceType": "Bundle", "type": "collection", "entry": [
-        {"resource": {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/ghost"},
-                      "code": {"coding": [{"system": "http://snomed.info/sct", "code": "254637007"}]}}}]}
-    assert_outcome(client.post("/history/v1/timeline", data=json.dumps(dangling), headers=auth | FHIR),
-                   422, "no usable Patient")
+    dangling = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Condition",
+                    "id": "c1",
+                    "subject": {"reference": "Patient/ghost"},
+                    "code": {"coding": [{"system": "http://snomed.info/sct", "code": "254637007"}]},
+                }
+            }
+        ],
+    }
+    assert_outcome(
+        client.post("/history/v1/timeline", data=json.dumps(dangling), headers=auth | FHIR), 422, "no usable Patient"
+    )
     with_patient = json.loads(json.dumps(dangling))
     with_patient["entry"].insert(0, {"resource": {"resourceType": "Patient", "id": "p1"}})
-    assert_outcome(client.post("/history/v1/timeline?strict=1", data=json.dumps(with_patient), headers=auth | FHIR),
-                   400, "subject does not resolve")
+    assert_outcome(
+        client.post("/history/v1/timeline?strict=1", data=json.dumps(with_patient), headers=auth | FHIR),
+        400,
+        "subject does not resolve",
+    )
 
 
 def test_oversized_body(client, auth, settings):
@@ -122,22 +159,38 @@ def test_oversized_body(client, auth, settings):
 
 
 def test_wrong_content_type(client, auth):
-    assert_outcome(client.post("/history/v1/timeline", data="{}", headers=auth | {"Content-Type": "text/plain"}),
-                   415, "Content-Type")
+    assert_outcome(
+        client.post("/history/v1/timeline", data="{}", headers=auth | {"Content-Type": "text/plain"}),
+        415,
+        "Content-Type",
+    )
 
 
 def test_expired_token(client, mint):
     token = mint(["history.read"], ttl=-120)
-    assert_outcome(client.post("/history/v1/timeline", data="{}", headers={"Authorization": f"Bearer {token}"} | FHIR),
-                   401, "expired")
+    assert_outcome(
+        client.post("/history/v1/timeline", data="{}", headers={"Authorization": f"Bearer {token}"} | FHIR),
+        401,
+        "expired",
+    )
 
 
 def test_forged_token(client, mint, settings):
     genuine = jwt.get_unverified_header(mint(["history.read"]))
     forger = ec.generate_private_key(ec.SECP256R1())
-    forged = jwt.encode({"sub": "mallory", "scope": "history.read", "iss": settings.token_issuer,
-                         "aud": settings.token_audience, "exp": 4102444800, "iat": 1700000000},
-                        forger, algorithm="ES256", headers={"kid": genuine["kid"]})
+    forged = jwt.encode(
+        {
+            "sub": "mallory",
+            "scope": "history.read",
+            "iss": settings.token_issuer,
+            "aud": settings.token_audience,
+            "exp": 4102444800,
+            "iat": 1700000000,
+        },
+        forger,
+        algorithm="ES256",
+        headers={"kid": genuine["kid"]},
+    )
     response = client.post("/history/v1/timeline", data="{}", headers={"Authorization": f"Bearer {forged}"} | FHIR)
     assert_outcome(response, 401, "signature")
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -145,8 +198,11 @@ def test_forged_token(client, mint, settings):
 
 def test_missing_scope(client, mint):
     token = mint(["necessity.read"])
-    assert_outcome(client.post("/history/v1/timeline", data="{}", headers={"Authorization": f"Bearer {token}"} | FHIR),
-                   403, "history.read")
+    assert_outcome(
+        client.post("/history/v1/timeline", data="{}", headers={"Authorization": f"Bearer {token}"} | FHIR),
+        403,
+        "history.read",
+    )
 
 
 def test_unknown_route_is_an_outcome(client, auth):
@@ -154,8 +210,13 @@ def test_unknown_route_is_an_outcome(client, auth):
 
 
 def test_access_log_names_reader_and_patient_but_no_clinical_content(client, auth, caplog):
-    body = json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
-        {"resource": {"resourceType": "Patient", "id": "p-77", "name": [{"family": "Secretname"}]}}]})
+    body = json.dumps(
+        {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": {"resourceType": "Patient", "id": "p-77", "name": [{"family": "Secretname"}]}}],
+        }
+    )
     with caplog.at_level(logging.INFO):
         assert client.post("/history/v1/timeline", data=body, headers=auth | FHIR).status_code == 200
     access = [json.loads(r.getMessage()) for r in caplog.records if r.name == "oncotwin.access"]
@@ -197,8 +258,13 @@ def fhir_server() -> Iterator[str]:
             return jsonify({"resourceType": "OperationOutcome"}), 400
         pid = request.args["patient"]
         hits = [r for r in resources[rtype] if r.get("subject", {}).get("reference") == f"Patient/{pid}"]
-        return jsonify({"resourceType": "Bundle", "type": "searchset",
-                        "entry": [{"resource": r, "search": {"mode": "match"}} for r in hits]})
+        return jsonify(
+            {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "entry": [{"resource": r, "search": {"mode": "match"}} for r in hits],
+            }
+        )
 
     server = make_server("127.0.0.1", 0, server_app)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -215,7 +281,9 @@ def test_timeline_pulled_from_a_fhir_server(fhir_server, settings, mint, monkeyp
 
     app = create_app(replace(settings, fhir_base_url=fhir_server))
     headers = {"Authorization": f"Bearer {mint(['history.read'])}"}
-    body = app.test_client().get(f"/history/v1/patients/{BULK_PATIENT}/timeline?notes=false", headers=headers).get_json()
+    body = (
+        app.test_client().get(f"/history/v1/patients/{BULK_PATIENT}/timeline?notes=false", headers=headers).get_json()
+    )
     assert [c["cancerType"] for c in body["cancers"]] == ["nsclc", "breast"]
     assert body["linesOfTherapy"][0]["drugs"] == ["cisplatin", "paclitaxel"]
     missing = app.test_client().get("/history/v1/patients/nobody-here/timeline", headers=headers)

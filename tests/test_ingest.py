@@ -45,12 +45,31 @@ def test_any_bundle_type_gives_the_same_record(bundle_type):
     raw = json.loads(synthea("Austin_Franecki").read_bytes())
     raw["type"] = bundle_type
     if bundle_type == "document":
-        raw["entry"].insert(0, {"fullUrl": "urn:uuid:comp-1", "resource": {
-            "resourceType": "Composition", "id": "comp-1", "status": "final", "type": {"text": "Summary"},
-            "subject": {"reference": raw["entry"][0]["fullUrl"]}, "date": "2020-01-01", "author": [{"display": "x"}],
-            "title": "Oncology summary",
-            "section": [{"title": "Plan", "text": {"status": "generated",
-                                                   "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Continue cisplatin.</div>"}}]}})
+        raw["entry"].insert(
+            0,
+            {
+                "fullUrl": "urn:uuid:comp-1",
+                "resource": {
+                    "resourceType": "Composition",
+                    "id": "comp-1",
+                    "status": "final",
+                    "type": {"text": "Summary"},
+                    "subject": {"reference": raw["entry"][0]["fullUrl"]},
+                    "date": "2020-01-01",
+                    "author": [{"display": "x"}],
+                    "title": "Oncology summary",
+                    "section": [
+                        {
+                            "title": "Plan",
+                            "text": {
+                                "status": "generated",
+                                "div": '<div xmlns="http://www.w3.org/1999/xhtml">Continue cisplatin.</div>',
+                            },
+                        }
+                    ],
+                },
+            },
+        )
     record = load_bundle(orjson.dumps(raw)).records[0]
     assert [c.cancer_type for c in record.cancers] == ["nsclc"]
     assert len([m for m in record.medications if m.antineoplastic]) == 96
@@ -88,7 +107,10 @@ def test_bulk_export_many_patients_notes_and_conditional_references():
     assert len(result.records) == 13
     assert [i for i in result.issues if i.severity == "error"] == []
     record = result.record(BULK_PATIENT)
-    assert [(c.cancer_type, c.onset.text[:10]) for c in record.cancers] == [("nsclc", "1984-10-31"), ("breast", "1989-04-10")]
+    assert [(c.cancer_type, c.onset.text[:10]) for c in record.cancers] == [
+        ("nsclc", "1984-10-31"),
+        ("breast", "1989-04-10"),
+    ]
     exposures = [m for m in record.medications if m.antineoplastic]
     assert len(exposures) == 442 and {m.ingredients for m in exposures} == {("cisplatin",), ("paclitaxel",)}
     assert len(record.notes) == 90
@@ -100,10 +122,16 @@ def test_bulk_export_many_patients_notes_and_conditional_references():
 
 def test_conditional_reference_resolves_by_identifier():
     index = ReferenceIndex()
-    practitioner = {"resourceType": "Practitioner", "id": "p1",
-                    "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "9999974592"}]}
+    practitioner = {
+        "resourceType": "Practitioner",
+        "id": "p1",
+        "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "9999974592"}],
+    }
     index.add(RawResource(practitioner, "x"))
-    assert index.resolve({"reference": "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999974592"}) == "Practitioner/p1"
+    assert (
+        index.resolve({"reference": "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999974592"})
+        == "Practitioner/p1"
+    )
     assert index.resolve("Practitioner?identifier=9999974592") == "Practitioner/p1"
     assert index.resolve("Practitioner?identifier=http://other|9999974592") is None
     assert index.resolve("http://server/fhir/Practitioner/p1") == "Practitioner/p1"
@@ -131,20 +159,31 @@ def test_mcode_examples_stage_tnm_biomarkers_performance():
     assert any(kind == "pathological" and stage == "IIIC" for kind, stage, *_ in groups)
     names = {(b.name, b.status) for b in primary.biomarkers}
     assert ("STK11", "positive") in names
-    assert [(p.scale, p.value) for p in sorted(record.performance, key=lambda p: p.scale)] == [("ECOG", 0), ("Karnofsky", 90)]
+    assert [(p.scale, p.value) for p in sorted(record.performance, key=lambda p: p.scale)] == [
+        ("ECOG", 0),
+        ("Karnofsky", 90),
+    ]
     assert record.disease_status[0].code.code == "268910001"
     assert {m.ingredients for m in record.medications} == {("gefitinib",)}
     assert {p.category for p in record.procedures} == {"radiation", "surgery"}
 
 
 def _bundle(*resources):
-    return {"resourceType": "Bundle", "type": "collection",
-            "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in resources]}
+    return {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in resources],
+    }
 
 
 PATIENT = {"resourceType": "Patient", "id": "pt-1", "gender": "female", "birthDate": "1960-02-03"}
-BREAST = {"resourceType": "Condition", "id": "c-1", "subject": {"reference": "Patient/pt-1"},
-          "code": {"coding": [{"system": "http://snomed.info/sct", "code": "254837009"}]}, "onsetDateTime": "2020-01-05"}
+BREAST = {
+    "resourceType": "Condition",
+    "id": "c-1",
+    "subject": {"reference": "Patient/pt-1"},
+    "code": {"coding": [{"system": "http://snomed.info/sct", "code": "254837009"}]},
+    "onsetDateTime": "2020-01-05",
+}
 
 
 def test_bad_resource_is_reported_and_the_rest_is_used():
@@ -171,11 +210,16 @@ def test_dangling_subject_is_an_issue_and_strict_rejects_it():
 
 def test_note_text_is_decoded_and_bad_base64_is_an_issue():
     def doc(rid, data):
-        return {"resourceType": "DocumentReference", "id": rid, "status": "current",
-                "subject": {"reference": "Patient/pt-1"}, "date": "2021-03-04T10:00:00Z",
-                "content": [{"attachment": {"contentType": "text/plain; charset=utf-8", "data": data}}]}
+        return {
+            "resourceType": "DocumentReference",
+            "id": rid,
+            "status": "current",
+            "subject": {"reference": "Patient/pt-1"},
+            "date": "2021-03-04T10:00:00Z",
+            "content": [{"attachment": {"contentType": "text/plain; charset=utf-8", "data": data}}],
+        }
 
-    good = doc("d-1", base64.b64encode("Started osimertinib 80 mg daily.".encode()).decode())
+    good = doc("d-1", base64.b64encode(b"Started osimertinib 80 mg daily.").decode())
     bad = doc("d-2", "@@not base64@@")
     result = load_bundle(orjson.dumps(_bundle(PATIENT, good, bad)))
     record = result.records[0]

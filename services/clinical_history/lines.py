@@ -43,7 +43,8 @@ class _CancerFinder:
         self.by_source = {s: c for c in record.cancers for s in (c.source, *c.merged_sources)}
         self.stage_owner = {s.source: s.cancer_source for s in record.stages if s.cancer_source}
         self.primaries = sorted(
-            (c for c in record.cancers if c.role == "primary" and c.onset), key=lambda c: c.onset  # type: ignore[arg-type,return-value]
+            (c for c in record.cancers if c.role == "primary" and c.onset),
+            key=lambda c: c.onset,  # type: ignore[arg-type,return-value]
         )
 
     def __call__(self, med: MedicationEvent) -> CancerCondition | None:
@@ -55,12 +56,13 @@ class _CancerFinder:
         return earlier[-1] if earlier else None
 
 
-def lines_of_therapy(
-    record: PatientRecord, *, regimen_window_days: int = 28, gap_days: int = 180
-) -> list[TherapyLine]:
+def lines_of_therapy(record: PatientRecord, *, regimen_window_days: int = 28, gap_days: int = 180) -> list[TherapyLine]:
     exposures = sorted(
-        (m for m in record.medications
-         if m.antineoplastic and m.start is not None and m.status not in EXCLUDED_STATUSES),
+        (
+            m
+            for m in record.medications
+            if m.antineoplastic and m.start is not None and m.status not in EXCLUDED_STATUSES
+        ),
         key=lambda m: m.start,  # type: ignore[arg-type,return-value]
     )
     cancer_for = _CancerFinder(record)

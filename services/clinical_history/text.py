@@ -25,8 +25,9 @@ def render_text(timeline: Timeline) -> str:
         out.append("  (none)")
     out.append(f"Events ({len(timeline.events)}):")
     for e in timeline.events:
-        marks = "".join([" [text]" if e.from_text else "", " [negated]" if e.negated else "",
-                         " [uncertain]" if e.uncertain else ""])
+        marks = "".join(
+            [" [text]" if e.from_text else "", " [negated]" if e.negated else "", " [uncertain]" if e.uncertain else ""]
+        )
         out.append(f"  {(e.date or '?')[:10]:<10}  {e.kind:<14} {e.display}{marks}")
     if timeline.issues:
         out.append(f"Issues ({len(timeline.issues)}):")

@@ -46,13 +46,20 @@ def _text(value: FhirTime | None) -> str | None:
 
 
 def _stage(stage: StageAssessment) -> StageOut:
-    return StageOut(stage=stage.stage, date=_text(stage.date), kind=stage.kind, t=stage.t, n=stage.n, m=stage.m,
-                    source=stage.source)
+    return StageOut(
+        stage=stage.stage, date=_text(stage.date), kind=stage.kind, t=stage.t, n=stage.n, m=stage.m, source=stage.source
+    )
 
 
 def _biomarker(b: BiomarkerResult) -> BiomarkerOut:
-    return BiomarkerOut(name=b.name, status=b.status, value=b.value, date=_text(b.date),
-                        code=_code(b.code) or CodeOut(system="", code="", display=b.name), source=b.source)
+    return BiomarkerOut(
+        name=b.name,
+        status=b.status,
+        value=b.value,
+        date=_text(b.date),
+        code=_code(b.code) or CodeOut(system="", code="", display=b.name),
+        source=b.source,
+    )
 
 
 def current_stage(cancer: CancerCondition) -> StageAssessment | None:
@@ -96,50 +103,104 @@ def _coded_events(record: PatientRecord) -> Iterable[EventOut]:
         return era is not None and when is not None and when.day >= era.day
 
     for c in record.cancers:
-        yield EventOut(date=_text(c.onset), kind="diagnosis", code=_code(c.code),
-                       display=c.code.display or c.cancer_type, source=c.source, detail=f"{c.role} {c.cancer_type}")
+        yield EventOut(
+            date=_text(c.onset),
+            kind="diagnosis",
+            code=_code(c.code),
+            display=c.code.display or c.cancer_type,
+            source=c.source,
+            detail=f"{c.role} {c.cancer_type}",
+        )
     for cond in record.conditions:
         if cond.oncology_related:
-            yield EventOut(date=_text(cond.onset), kind="diagnosis", code=_code(cond.code),
-                           display=cond.code.display or "condition", source=cond.source, uncertain=True)
+            yield EventOut(
+                date=_text(cond.onset),
+                kind="diagnosis",
+                code=_code(cond.code),
+                display=cond.code.display or "condition",
+                source=cond.source,
+                uncertain=True,
+            )
     for s in record.stages:
-        yield EventOut(date=_text(s.date), kind="stage", code=_code(s.code), source=s.source,
-                       display=f"Stage {s.stage}" if s.stage else " ".join(filter(None, [s.t, s.n, s.m])) or "TNM",
-                       detail=s.kind)
+        yield EventOut(
+            date=_text(s.date),
+            kind="stage",
+            code=_code(s.code),
+            source=s.source,
+            display=f"Stage {s.stage}" if s.stage else " ".join(filter(None, [s.t, s.n, s.m])) or "TNM",
+            detail=s.kind,
+        )
     for b in record.biomarkers:
-        yield EventOut(date=_text(b.date), kind="biomarker", code=_code(b.code), source=b.source,
-                       display=f"{b.name}: {b.value or b.status}", detail=b.status)
-    for p in record.performance:
-        yield EventOut(date=_text(p.date), kind="performance", display=f"{p.scale} {p.value}", source=p.source)
+        yield EventOut(
+            date=_text(b.date),
+            kind="biomarker",
+            code=_code(b.code),
+            source=b.source,
+            display=f"{b.name}: {b.value or b.status}",
+            detail=b.status,
+        )
+    for ps in record.performance:
+        yield EventOut(date=_text(ps.date), kind="performance", display=f"{ps.scale} {ps.value}", source=ps.source)
     for d in record.disease_status:
-        yield EventOut(date=_text(d.date), kind="disease-status", code=_code(d.code), source=d.source,
-                       display=d.code.display or d.code.code)
+        yield EventOut(
+            date=_text(d.date),
+            kind="disease-status",
+            code=_code(d.code),
+            source=d.source,
+            display=d.code.display or d.code.code,
+        )
     for m in record.medications:
         if m.drug_class is None and not in_era(m.start):
             continue
-        yield EventOut(date=_text(m.start), kind="medication", code=_code(m.code), source=m.source,
-                       display=m.code.display or ", ".join(m.ingredients) or "medication",
-                       detail=" ".join(filter(None, [m.drug_class, m.kind, m.status])))
+        yield EventOut(
+            date=_text(m.start),
+            kind="medication",
+            code=_code(m.code),
+            source=m.source,
+            display=m.code.display or ", ".join(m.ingredients) or "medication",
+            detail=" ".join(filter(None, [m.drug_class, m.kind, m.status])),
+        )
     cancer_sources = {s for c in record.cancers for s in (c.source, *c.merged_sources)}
     for p in record.procedures:
         if p.category == "other" and not cancer_sources.intersection(p.reasons):
             continue
-        yield EventOut(date=_text(p.start), kind=PROCEDURE_KINDS.get(p.category, "procedure"), code=_code(p.code),
-                       display=p.code.display or f"{p.category} (code {p.code.code})", source=p.source,
-                       detail=p.category)
+        yield EventOut(
+            date=_text(p.start),
+            kind=PROCEDURE_KINDS.get(p.category, "procedure"),
+            code=_code(p.code),
+            display=p.code.display or f"{p.category} (code {p.code.code})",
+            source=p.source,
+            detail=p.category,
+        )
     for i in record.imaging:
-        yield EventOut(date=_text(i.date), kind="imaging", code=_code(i.code), source=i.source,
-                       display=i.description or " ".join(i.modalities) or "imaging",
-                       detail=i.conclusion or ", ".join(i.body_sites) or None)
+        yield EventOut(
+            date=_text(i.date),
+            kind="imaging",
+            code=_code(i.code),
+            source=i.source,
+            display=i.description or " ".join(i.modalities) or "imaging",
+            detail=i.conclusion or ", ".join(i.body_sites) or None,
+        )
     for r in record.reports:
-        yield EventOut(date=_text(r.date), kind="report", code=_code(r.code), source=r.source,
-                       display=r.code.display or "report", detail=r.conclusion)
+        yield EventOut(
+            date=_text(r.date),
+            kind="report",
+            code=_code(r.code),
+            source=r.source,
+            display=r.code.display or "report",
+            detail=r.conclusion,
+        )
     for e in record.encounters:
         if not in_era(e.start):
             continue
-        yield EventOut(date=_text(e.start), kind="encounter", code=_code(e.code), source=e.source,
-                       display=(e.code.display if e.code else None) or e.encounter_class or "encounter",
-                       detail=e.encounter_class)
+        yield EventOut(
+            date=_text(e.start),
+            kind="encounter",
+            code=_code(e.code),
+            source=e.source,
+            display=(e.code.display if e.code else None) or e.encounter_class or "encounter",
+            detail=e.encounter_class,
+        )
 
 
 def _text_events(record: PatientRecord) -> Iterable[EventOut]:
@@ -149,8 +210,13 @@ def _text_events(record: PatientRecord) -> Iterable[EventOut]:
 
     mentions = extract_many(record.notes)
     for note in record.notes:
-        yield EventOut(date=_text(note.date), kind="note", code=_code(note.type), source=note.source,
-                       display=(note.type.display if note.type else None) or "clinical note")
+        yield EventOut(
+            date=_text(note.date),
+            kind="note",
+            code=_code(note.type),
+            source=note.source,
+            display=(note.type.display if note.type else None) or "clinical note",
+        )
         for m in mentions.get(note.source, ()):
             yield EventOut(
                 date=_text(note.date),
@@ -171,9 +237,17 @@ def build_timeline(record: PatientRecord, *, include_notes: bool = True) -> Time
         events.extend(_text_events(record))
     events.sort(key=lambda e: (e.date is None, FhirTime.parse(e.date) if e.date else None, e.kind))
     lines = [
-        LineOut(line=line.line, cancer=line.cancer_source, regimen=line.regimen, start=line.start.text,
-                end=line.end.text, drugs=line.drugs, drug_classes=line.drug_classes, exposures=line.exposures,
-                sources=line.sources)
+        LineOut(
+            line=line.line,
+            cancer=line.cancer_source,
+            regimen=line.regimen,
+            start=line.start.text,
+            end=line.end.text,
+            drugs=line.drugs,
+            drug_classes=line.drug_classes,
+            exposures=line.exposures,
+            sources=line.sources,
+        )
         for line in lines_of_therapy(record)
     ]
     p = record.patient
@@ -182,6 +256,10 @@ def build_timeline(record: PatientRecord, *, include_notes: bool = True) -> Time
         cancers=[_cancer(c) for c in record.cancers],
         lines_of_therapy=lines,
         events=events,
-        issues=[IssueOut(severity=i.severity, resource_type=i.resource_type, id=i.resource_id, path=i.path,
-                         message=i.message) for i in record.issues],
+        issues=[
+            IssueOut(
+                severity=i.severity, resource_type=i.resource_type, id=i.resource_id, path=i.path, message=i.message
+            )
+            for i in record.issues
+        ],
     )

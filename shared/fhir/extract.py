@@ -143,7 +143,7 @@ def read_condition(res: dict[str, Any], key: str, path: str, rec: PatientRecord,
         rec.stages.append(StageAssessment(cancer.stage, onset, "condition-code", key, code=code))
         ctx.stage_links.setdefault(key, f"type:{cancer.cancer_type}")
         return
-    if cancer is None and profile_role is None or (cancer and cancer.role == "suspected"):
+    if (cancer is None and profile_role is None) or (cancer and cancer.role == "suspected"):
         rec.conditions.append(ConditionFact(key, code, onset, abatement, clinical, cancer is not None))
         return
     role = profile_role or (cancer.role if cancer else "primary")
@@ -172,8 +172,14 @@ def read_condition(res: dict[str, Any], key: str, path: str, rec: PatientRecord,
         text = concept_text(stage.get("summary")) or (summary.code if summary else None)
         if summary or text:
             item.stages.append(
-                StageAssessment(normalise_stage(summary.code if summary and summary.system == AJCC else text),
-                                onset, "summary", f"{key}#stage[{i}]", code=summary, cancer_source=key)
+                StageAssessment(
+                    normalise_stage(summary.code if summary and summary.system == AJCC else text),
+                    onset,
+                    "summary",
+                    f"{key}#stage[{i}]",
+                    code=summary,
+                    cancer_source=key,
+                )
             )
         for assessment in stage.get("assessment") or ():
             target = ctx.index.resolve(assessment)
@@ -216,14 +222,14 @@ def read_observation(res: dict[str, Any], key: str, path: str, rec: PatientRecor
         return
     if loinc in terms.performance:
         scale = terms.performance[loinc]
-        value = res.get("valueInteger")
-        if value is None:
+        score = res.get("valueInteger")
+        if score is None:
             digits = re.search(r"\d+", concept_text(res.get("valueCodeableConcept")) or "")
-            value = int(digits.group(0)) if digits else None
-        if value is None:
+            score = int(digits.group(0)) if digits else None
+        if score is None:
             ctx.warn("Observation", key.partition("/")[2], path, "performance status without a value")
             return
-        rec.performance.append(PerformanceStatus(scale, int(value), when, key))  # type: ignore[arg-type]
+        rec.performance.append(PerformanceStatus(scale, int(score), when, key))  # type: ignore[arg-type]
         return
     if loinc in terms.disease_status:
         value = primary_code(res.get("valueCodeableConcept"), (SNOMED,))
@@ -245,20 +251,27 @@ def _biomarker(
             genes = codings(component.get("valueCodeableConcept"))
             gene = next((terms.genes_hgnc[g.code] for g in genes if g.code in terms.genes_hgnc), None)
             name = name or gene or concept_text(component.get("valueCodeableConcept"))
-    name = name or terms.biomarker_from_text(concept_text(res.get("code")) or "") or (
-        concept_text(res.get("code")) or (f"LOINC {loinc}" if loinc else "tumour marker")
+    name = (
+        name
+        or terms.biomarker_from_text(concept_text(res.get("code")) or "")
+        or (concept_text(res.get("code")) or (f"LOINC {loinc}" if loinc else "tumour marker"))
     )
     code = next((c for c in found if c.system == LOINC), found[0] if found else Code("", "", name))
     quantity = res.get("valueQuantity")
     if isinstance(quantity, dict) and quantity.get("value") is not None:
         unit = quantity.get("unit") or quantity.get("code")
         number = float(quantity["value"])
-        return BiomarkerResult(name, "measured", when, code, key, f"{quantity['value']} {unit or ''}".strip(),
-                               number, unit)
+        return BiomarkerResult(
+            name, "measured", when, code, key, f"{quantity['value']} {unit or ''}".strip(), number, unit
+        )
     value_codes, value_text = _value_codes(res)
     status = terms.value_status(value_codes, value_text) or "indeterminate"
     shown = value_text or next(
-        (c.display or terms.value_displays.get(c.code) for c in value_codes if c.display or c.code in terms.value_displays),
+        (
+            c.display or terms.value_displays.get(c.code)
+            for c in value_codes
+            if c.display or c.code in terms.value_displays
+        ),
         None,
     )
     return BiomarkerResult(name, status, when, code, key, shown)
@@ -269,8 +282,12 @@ def _medication_code(res: dict[str, Any], key: str, path: str, ctx: Context) -> 
     if concept is None and res.get("medicationReference"):
         target = ctx.index.get(ctx.index.resolve(res["medicationReference"]))
         if target is None:
-            ctx.warn(key.partition("/")[0], key.partition("/")[2], f"{path}.medicationReference",
-                     "medication reference does not resolve within the input")
+            ctx.warn(
+                key.partition("/")[0],
+                key.partition("/")[2],
+                f"{path}.medicationReference",
+                "medication reference does not resolve within the input",
+            )
         concept = target.resource.get("code") if target else None
         if concept is None:
             display = res["medicationReference"].get("display")
@@ -355,14 +372,18 @@ def read_imaging_study(res: dict[str, Any], key: str, path: str, rec: PatientRec
     modalities = {s["modality"].get("code") for s in series if isinstance(s.get("modality"), dict)}
     modalities.update(m.get("code") for m in res.get("modality") or () if isinstance(m, dict))
     sites = {
-        s["bodySite"].get("display") or s["bodySite"].get("code")
-        for s in series
-        if isinstance(s.get("bodySite"), dict)
+        s["bodySite"].get("display") or s["bodySite"].get("code") for s in series if isinstance(s.get("bodySite"), dict)
     }
     procedure = first_concept(res.get("procedureCode"))
     rec.imaging.append(
-        ImagingEvent(key, started, tuple(sorted(filter(None, modalities))), tuple(sorted(filter(None, sites))),
-                     res.get("description"), primary_code(procedure) if procedure else None)
+        ImagingEvent(
+            key,
+            started,
+            tuple(sorted(filter(None, modalities))),
+            tuple(sorted(filter(None, sites))),
+            res.get("description"),
+            primary_code(procedure) if procedure else None,
+        )
     )
 
 
@@ -370,8 +391,12 @@ def _decode_attachment(att: dict[str, Any], key: str, path: str, ctx: Context) -
     content_type = str(att.get("contentType") or "text/plain")
     if "data" not in att:
         if att.get("url"):
-            ctx.warn(key.partition("/")[0], key.partition("/")[2], path,
-                     "attachment given by URL is not fetched; only inline data is read")
+            ctx.warn(
+                key.partition("/")[0],
+                key.partition("/")[2],
+                path,
+                "attachment given by URL is not fetched; only inline data is read",
+            )
         return None
     if not content_type.startswith(("text/", "application/xhtml")):
         return None
@@ -382,17 +407,18 @@ def _decode_attachment(att: dict[str, Any], key: str, path: str, ctx: Context) -
     try:
         text = base64.b64decode(att["data"], validate=True).decode(charset, errors="replace")
     except (binascii.Error, ValueError, LookupError):
-        ctx.issues.append(IngestIssue("error", key.partition("/")[0], key.partition("/")[2], path,
-                                      "attachment data is not valid base64"))
+        ctx.issues.append(
+            IngestIssue(
+                "error", key.partition("/")[0], key.partition("/")[2], path, "attachment data is not valid base64"
+            )
+        )
         return None
     if "html" in content_type:
         text = html.unescape(_TAGS.sub(" ", text))
     return text, content_type.split(";")[0]
 
 
-def read_document_reference(
-    res: dict[str, Any], key: str, path: str, rec: PatientRecord, ctx: Context
-) -> None:
+def read_document_reference(res: dict[str, Any], key: str, path: str, rec: PatientRecord, ctx: Context) -> None:
     when = FhirTime.parse(res.get("date")) or time_of(res.get("context") or {}, "period")[0]
     doc_type = primary_code(res.get("type"), (LOINC,))
     for i, content in enumerate(res.get("content") or ()):
@@ -401,9 +427,7 @@ def read_document_reference(
             rec.notes.append(ClinicalNote(key, when, doc_type, decoded[0], decoded[1]))
 
 
-def read_diagnostic_report(
-    res: dict[str, Any], key: str, path: str, rec: PatientRecord, ctx: Context
-) -> None:
+def read_diagnostic_report(res: dict[str, Any], key: str, path: str, rec: PatientRecord, ctx: Context) -> None:
     concept = res.get("code")
     code = primary_code(concept, (LOINC,)) or Code("", "", "report without code")
     when, _ = time_of(res, "effectiveDateTime", "effectivePeriod", "issued")
@@ -429,8 +453,15 @@ def read_composition(res: dict[str, Any], key: str, path: str, rec: PatientRecor
         if div:
             parts.append(f"# {section.get('title') or 'Section'}\n{html.unescape(_TAGS.sub(' ', div)).strip()}")
     if parts:
-        rec.notes.append(ClinicalNote(key, FhirTime.parse(res.get("date")), primary_code(res.get("type"), (LOINC,)),
-                                      "\n\n".join(parts), "text/plain"))
+        rec.notes.append(
+            ClinicalNote(
+                key,
+                FhirTime.parse(res.get("date")),
+                primary_code(res.get("type"), (LOINC,)),
+                "\n\n".join(parts),
+                "text/plain",
+            )
+        )
 
 
 READERS: dict[str, Reader] = {

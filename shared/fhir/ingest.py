@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,18 @@ from shared.terminology import terminology
 
 # Resources that hang off a patient, and the field naming the patient.
 SUBJECT_FIELD = {
-    "Condition": "subject", "Observation": "subject", "MedicationRequest": "subject",
-    "MedicationAdministration": "subject", "MedicationStatement": "subject", "Procedure": "subject",
-    "ServiceRequest": "subject", "Encounter": "subject", "ImagingStudy": "subject",
-    "DocumentReference": "subject", "DiagnosticReport": "subject", "Composition": "subject",
+    "Condition": "subject",
+    "Observation": "subject",
+    "MedicationRequest": "subject",
+    "MedicationAdministration": "subject",
+    "MedicationStatement": "subject",
+    "Procedure": "subject",
+    "ServiceRequest": "subject",
+    "Encounter": "subject",
+    "ImagingStudy": "subject",
+    "DocumentReference": "subject",
+    "DiagnosticReport": "subject",
+    "Composition": "subject",
 }
 USED_TYPES = frozenset({"Patient", "Medication", *SUBJECT_FIELD})
 ROUTINE_REPORT_CATEGORIES = {"LAB", "HM", "CH", "laboratory"}
@@ -56,13 +65,14 @@ class IngestResult:
         for rec in self.records:
             if rec.id == patient_id:
                 return rec
-        raise UnprocessableInput("the requested patient is not in the input",
-                                 [Problem("not-found", "patient not in input")])
+        raise UnprocessableInput(
+            "the requested patient is not in the input", [Problem("not-found", "patient not in input")]
+        )
 
 
 @cache
 def _model(resource_type: str) -> type[BaseModel]:
-    return get_fhir_model_class(resource_type)  # type: ignore[no-any-return]
+    return get_fhir_model_class(resource_type)
 
 
 def _schema_errors(raw: RawResource) -> list[str]:
@@ -143,8 +153,15 @@ def ingest(raws: Iterable[RawResource], *, strict: bool = False) -> IngestResult
             subject = raw.resource.get(SUBJECT_FIELD[raw.type])
             patient_key = index.resolve(subject)
             if patient_key is None or not patient_key.startswith("Patient/"):
-                issues.append(IngestIssue("error", raw.type, raw.id, f"{raw.path}.{SUBJECT_FIELD[raw.type]}",
-                                          "subject does not resolve to a Patient in the input"))
+                issues.append(
+                    IngestIssue(
+                        "error",
+                        raw.type,
+                        raw.id,
+                        f"{raw.path}.{SUBJECT_FIELD[raw.type]}",
+                        "subject does not resolve to a Patient in the input",
+                    )
+                )
                 continue
             rec = records.setdefault(
                 patient_key, PatientRecord(Demographics(patient_key.partition("/")[2], None, None))
@@ -154,12 +171,14 @@ def ingest(raws: Iterable[RawResource], *, strict: bool = False) -> IngestResult
         READERS[raw.type](raw.resource, key, raw.path, rec, ctx)
 
     if strict:
-        errors = [i for i in issues if i.severity == "error"]
-        if errors:
+        failures = [i for i in issues if i.severity == "error"]
+        if failures:
             raise InvalidInput(
-                f"input rejected in strict mode: {len(errors)} resource(s) with errors",
-                [Problem("invalid", f"{e.resource_type}/{e.resource_id}: {e.message}", expression=e.path)
-                 for e in errors[:50]],
+                f"input rejected in strict mode: {len(failures)} resource(s) with errors",
+                [
+                    Problem("invalid", f"{e.resource_type}/{e.resource_id}: {e.message}", expression=e.path)
+                    for e in failures[:50]
+                ],
             )
     for rec in records.values():
         _link(rec, ctx)
@@ -167,8 +186,10 @@ def ingest(raws: Iterable[RawResource], *, strict: bool = False) -> IngestResult
     if not records:
         raise UnprocessableInput(
             "input holds no usable Patient",
-            [Problem("required", "input holds no usable Patient: none present, or none that resources refer to")]
-            + [Problem("invalid", i.message, expression=i.path) for i in issues if i.severity == "error"][:20],
+            [
+                Problem("required", "input holds no usable Patient: none present, or none that resources refer to"),
+                *[Problem("invalid", i.message, expression=i.path) for i in issues if i.severity == "error"][:20],
+            ],
         )
     return IngestResult(list(records.values()), issues, used, skipped)
 
@@ -181,6 +202,10 @@ def _belongs(issue: IngestIssue, rec: PatientRecord) -> bool:
 MERGE_WINDOW_DAYS = 365
 
 
+def _onset(cancer: CancerCondition) -> datetime:
+    return cancer.onset.instant if cancer.onset else datetime.min.replace(tzinfo=UTC)
+
+
 def _merge_duplicate_cancers(rec: PatientRecord, ctx: Context) -> None:
     """One cancer, several Conditions (Synthea: 'Neoplasm of prostate' + 'Carcinoma in situ of
     prostate' on one day): fold same-type, same-role conditions diagnosed within a year into the
@@ -188,8 +213,15 @@ def _merge_duplicate_cancers(rec: PatientRecord, ctx: Context) -> None:
     kept: list[CancerCondition] = []
     for cancer in sorted(rec.cancers, key=lambda c: (c.onset is None, c.onset)):
         twin = next(
-            (k for k in kept if k.cancer_type == cancer.cancer_type and k.role == cancer.role
-             and k.onset and cancer.onset and (cancer.onset.instant - k.onset.instant).days <= MERGE_WINDOW_DAYS),
+            (
+                k
+                for k in kept
+                if k.cancer_type == cancer.cancer_type
+                and k.role == cancer.role
+                and k.onset
+                and cancer.onset
+                and (cancer.onset.instant - k.onset.instant).days <= MERGE_WINDOW_DAYS
+            ),
             None,
         )
         if twin is None:
@@ -232,9 +264,7 @@ def _link(rec: PatientRecord, ctx: Context) -> None:
         allowed = ctx.terms.marker_cancer_types.get(marker or "")
         if allowed is not None:
             fitting = [c for c in primaries if c.cancer_type in allowed]
-            return fitting[0] if len(fitting) == 1 else (
-                max((c for c in fitting if c.onset), key=lambda c: c.onset, default=None) if fitting else None
-            )
+            return max(fitting, key=_onset, default=None)
         link = ctx.stage_links.get(source)
         if link and link in by_key:
             return by_key[link]
@@ -246,7 +276,7 @@ def _link(rec: PatientRecord, ctx: Context) -> None:
             return primaries[0]
         # Several cancers and nothing says which: the most recent diagnosed on or before the fact.
         dated = [c for c in primaries if c.onset and when and c.onset <= when]
-        return max(dated, key=lambda c: c.onset) if dated else None
+        return max(dated, key=_onset) if dated else None
 
     for stage in sorted(rec.stages, key=lambda s: (s.date is None, s.date)):
         cancer = target(stage.source, stage.date)
@@ -282,8 +312,8 @@ def load_bundle(data: bytes | str, *, strict: bool = False) -> IngestResult:
     return ingest(parse_bundle(data), strict=strict)
 
 
-def load_resources(resources: Iterable[dict[str, Any]], *, origin: str = "server", strict: bool = False) -> IngestResult:
+def load_resources(
+    resources: Iterable[dict[str, Any]], *, origin: str = "server", strict: bool = False
+) -> IngestResult:
     """Resources pulled from a FHIR server (already parsed JSON)."""
-    return ingest(
-        (RawResource(r, f"{origin}:{r.get('resourceType')}/{r.get('id')}") for r in resources), strict=strict
-    )
+    return ingest((RawResource(r, f"{origin}:{r.get('resourceType')}/{r.get('id')}") for r in resources), strict=strict)

@@ -17,8 +17,15 @@ import orjson
 from shared.errors import InvalidInput, Problem
 
 BUNDLE_TYPES = {
-    "document", "message", "transaction", "transaction-response", "batch", "batch-response",
-    "history", "searchset", "collection",
+    "document",
+    "message",
+    "transaction",
+    "transaction-response",
+    "batch",
+    "batch-response",
+    "history",
+    "searchset",
+    "collection",
 }
 
 

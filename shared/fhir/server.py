@@ -190,9 +190,7 @@ class FhirServerClient:
             if medication is not None:
                 collected.add(medication)
         if self.skipped_types:
-            logger.info(
-                "FHIR server does not search %s; record may be partial", ", ".join(self.skipped_types)
-            )
+            logger.info("FHIR server does not search %s; record may be partial", ", ".join(self.skipped_types))
         return collected.resources
 
     def search_patients(self, params: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -217,9 +215,7 @@ class FhirServerClient:
         pages = 0
         while url is not None:
             if pages >= self.max_pages:
-                raise UpstreamError(
-                    f"FHIR search for {resource_type} exceeded the page limit ({self.max_pages} pages)"
-                )
+                raise UpstreamError(f"FHIR search for {resource_type} exceeded the page limit ({self.max_pages} pages)")
             response = self._get(url, query)
             pages += 1
             if pages == 1 and response.status_code in _UNSUPPORTED_STATUSES:
@@ -312,9 +308,7 @@ class FhirServerClient:
                 reason = f"HTTP {response.status_code}"
                 response.close()
             attempt += 1
-            logger.warning(
-                "FHIR GET failed (%s); retry %d of %d in %.2f s", reason, attempt, self.max_retries, delay
-            )
+            logger.warning("FHIR GET failed (%s); retry %d of %d in %.2f s", reason, attempt, self.max_retries, delay)
             self._sleep(delay)
 
     def _backoff(self, attempt: int) -> float:

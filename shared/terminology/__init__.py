@@ -85,8 +85,7 @@ class Terminology:
 
         drugs = _load("drugs.json")
         self.drugs: tuple[Drug, ...] = tuple(
-            Drug(d["name"], d["class"], tuple(d.get("rxcui", [])), tuple(d.get("synonyms", [])))
-            for d in drugs["drugs"]
+            Drug(d["name"], d["class"], tuple(d.get("rxcui", [])), tuple(d.get("synonyms", []))) for d in drugs["drugs"]
         )
         for drug in self.drugs:
             if drug.drug_class not in DRUG_CLASSES:
@@ -107,9 +106,7 @@ class Terminology:
         self.value_displays: dict[str, str] = obs["value_displays"]
         self._biomarker_text = [(_words_pattern([k]), v) for k, v in obs["biomarker_text"].items()]
         self._value_codes = {code: status for status, codes in obs["values"].items() for code in codes}
-        self._value_text = [
-            (status, _words_pattern(words)) for status, words in obs["value_text"].items()
-        ]
+        self._value_text = [(status, _words_pattern(words)) for status, words in obs["value_text"].items()]
         # Loinc codes that make an Observation worth validating at all; everything else is skipped.
         self.relevant_loinc: frozenset[str] = frozenset(
             {*self.staging, *self.performance, *self.disease_status, *self.biomarkers_loinc, *self.genetic_panels}
