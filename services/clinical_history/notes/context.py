@@ -1,0 +1,81 @@
+"""``oncotwin_context``: a ConText-style pass (Chapman et al.) over the mentions of a doc.
+
+Trigger literals from ``context_rules.json`` are found with one PhraseMatcher; overlapping triggers
+keep the longest, so pseudo-triggers ("no change", "not in labor force") silence the shorter
+trigger inside them. A trigger reaches forward and/or backward within its sentence, up to a
+TERMINATE literal ("but", ";") or its ``max_scope``, and sets the matching flag on every mention
+it reaches. Triggers that overlap a mention are ignored: the words belong to the mention.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spacy.language import Language
+from spacy.matcher import PhraseMatcher
+from spacy.tokens import Doc, Span
+from spacy.util import filter_spans
+
+from .rules import CONTEXT_RULES_PATH, ContextRule, load_context_rules
+from .sentences import sentence_bounds, sentence_starts
+
+FLAG_OF = {
+    "NEGATED_EXISTENCE": "oncotwin_negated",
+    "POSSIBLE_EXISTENCE": "oncotwin_uncertain",
+    "HISTORICAL": "oncotwin_historical",
+    "FAMILY": "oncotwin_family",
+}
+
+
+class ConText:
+    def __init__(self, nlp: Language, rules: tuple[ContextRule, ...]) -> None:
+        self.matcher = PhraseMatcher(nlp.vocab, attr="LOWER")
+        self.rules: dict[int, ContextRule] = {}
+        for i, rule in enumerate(rules):
+            key = f"oncotwin_context_{i}"
+            self.matcher.add(key, [nlp.make_doc(rule.literal)])
+            self.rules[nlp.vocab.strings[key]] = rule
+
+    def _triggers(self, doc: Doc) -> list[tuple[Span, ContextRule]]:
+        spans = [Span(doc, start, end, label=match_id) for match_id, start, end in self.matcher(doc)]
+        occupied = {i for ent in doc.ents for i in range(ent.start, ent.end)}
+        return [
+            (span, self.rules[span.label])
+            for span in sorted(filter_spans(spans), key=lambda s: s.start)
+            if not occupied.intersection(range(span.start, span.end))
+        ]
+
+    def __call__(self, doc: Doc) -> Doc:
+        ents = doc.ents
+        if not ents:
+            return doc
+        triggers = self._triggers(doc)
+        if not triggers:
+            return doc
+        starts = sentence_starts(doc)
+        scopes: list[tuple[int, int, str]] = []  # (first token, end token, flag) of every modifier
+        for span, rule in triggers:
+            if rule.category not in FLAG_OF:
+                continue
+            lo, hi = sentence_bounds(doc, starts, span.start)
+            stops = [t for t, r in triggers if r.category == "TERMINATE" and lo <= t.start < hi]
+            flag = FLAG_OF[rule.category]
+            if rule.direction in ("forward", "bidirectional"):
+                end = min([hi, *(t.start for t in stops if t.start >= span.end)])
+                if rule.max_scope:
+                    end = min(end, span.end + rule.max_scope)
+                scopes.append((span.end, end, flag))
+            if rule.direction in ("backward", "bidirectional"):
+                begin = max([lo, *(t.end for t in stops if t.end <= span.start)])
+                if rule.max_scope:
+                    begin = max(begin, span.start - rule.max_scope)
+                scopes.append((begin, span.start, flag))
+        for ent in ents:
+            for begin, end, flag in scopes:
+                if ent.start < end and ent.end > begin:
+                    setattr(ent._, flag, True)
+        return doc
+
+
+def make_context(nlp: Language, name: str, rules_path: str = "") -> ConText:
+    return ConText(nlp, load_context_rules(Path(rules_path) if rules_path else CONTEXT_RULES_PATH))
