@@ -6,37 +6,36 @@ Every setting has one variable; a bad value stops the process with a message nam
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from shared.errors import ConfigError
 
+N = TypeVar("N", int, float)
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+
+def _number(env: Mapping[str, str], name: str, default: N, cast: Callable[[str], N], minimum: N) -> N:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = cast(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        kind = "whole number" if cast is int else "number"
+        raise ConfigError(f"{name} must be a {kind}, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value
 
 
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    return _number(env, name, default, int, minimum)
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be > 0, got {value}")
-    return value
+    return _number(env, name, default, float, 0.001)
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

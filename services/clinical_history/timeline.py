@@ -94,6 +94,12 @@ def cancer_care_start(record: PatientRecord) -> FhirTime | None:
     return min(known) if known else None
 
 
+def _event(
+    kind: str, when: FhirTime | None, code: Code | None, display: str, source: str, detail: str | None = None
+) -> EventOut:
+    return EventOut(date=_text(when), kind=kind, code=_code(code), display=display, source=source, detail=detail)
+
+
 def _coded_events(record: PatientRecord) -> Iterable[EventOut]:
     """Oncology facts always; encounters and other drugs only from the start of cancer care on,
     so that decades of unrelated history do not bury the cancer timeline."""
@@ -103,104 +109,44 @@ def _coded_events(record: PatientRecord) -> Iterable[EventOut]:
         return era is not None and when is not None and when.day >= era.day
 
     for c in record.cancers:
-        yield EventOut(
-            date=_text(c.onset),
-            kind="diagnosis",
-            code=_code(c.code),
-            display=c.code.display or c.cancer_type,
-            source=c.source,
-            detail=f"{c.role} {c.cancer_type}",
+        yield _event(
+            "diagnosis", c.onset, c.code, c.code.display or c.cancer_type, c.source, f"{c.role} {c.cancer_type}"
         )
     for cond in record.conditions:
         if cond.oncology_related:
-            yield EventOut(
-                date=_text(cond.onset),
-                kind="diagnosis",
-                code=_code(cond.code),
-                display=cond.code.display or "condition",
-                source=cond.source,
-                uncertain=True,
-            )
+            event = _event("diagnosis", cond.onset, cond.code, cond.code.display or "condition", cond.source)
+            yield event.model_copy(update={"uncertain": True})
     for s in record.stages:
-        yield EventOut(
-            date=_text(s.date),
-            kind="stage",
-            code=_code(s.code),
-            source=s.source,
-            display=f"Stage {s.stage}" if s.stage else " ".join(filter(None, [s.t, s.n, s.m])) or "TNM",
-            detail=s.kind,
-        )
+        tnm = " ".join(filter(None, [s.t, s.n, s.m])) or "TNM"
+        yield _event("stage", s.date, s.code, f"Stage {s.stage}" if s.stage else tnm, s.source, s.kind)
     for b in record.biomarkers:
-        yield EventOut(
-            date=_text(b.date),
-            kind="biomarker",
-            code=_code(b.code),
-            source=b.source,
-            display=f"{b.name}: {b.value or b.status}",
-            detail=b.status,
-        )
+        yield _event("biomarker", b.date, b.code, f"{b.name}: {b.value or b.status}", b.source, b.status)
     for ps in record.performance:
-        yield EventOut(date=_text(ps.date), kind="performance", display=f"{ps.scale} {ps.value}", source=ps.source)
+        yield _event("performance", ps.date, None, f"{ps.scale} {ps.value}", ps.source)
     for d in record.disease_status:
-        yield EventOut(
-            date=_text(d.date),
-            kind="disease-status",
-            code=_code(d.code),
-            source=d.source,
-            display=d.code.display or d.code.code,
-        )
+        yield _event("disease-status", d.date, d.code, d.code.display or d.code.code, d.source)
     for m in record.medications:
         if m.drug_class is None and not in_era(m.start):
             continue
-        yield EventOut(
-            date=_text(m.start),
-            kind="medication",
-            code=_code(m.code),
-            source=m.source,
-            display=m.code.display or ", ".join(m.ingredients) or "medication",
-            detail=" ".join(filter(None, [m.drug_class, m.kind, m.status])),
+        display = m.code.display or ", ".join(m.ingredients) or "medication"
+        yield _event(
+            "medication", m.start, m.code, display, m.source, " ".join(filter(None, [m.drug_class, m.kind, m.status]))
         )
     cancer_sources = {s for c in record.cancers for s in (c.source, *c.merged_sources)}
     for p in record.procedures:
         if p.category == "other" and not cancer_sources.intersection(p.reasons):
             continue
-        yield EventOut(
-            date=_text(p.start),
-            kind=PROCEDURE_KINDS.get(p.category, "procedure"),
-            code=_code(p.code),
-            display=p.code.display or f"{p.category} (code {p.code.code})",
-            source=p.source,
-            detail=p.category,
-        )
+        display = p.code.display or f"{p.category} (code {p.code.code})"
+        yield _event(PROCEDURE_KINDS.get(p.category, "procedure"), p.start, p.code, display, p.source, p.category)
     for i in record.imaging:
-        yield EventOut(
-            date=_text(i.date),
-            kind="imaging",
-            code=_code(i.code),
-            source=i.source,
-            display=i.description or " ".join(i.modalities) or "imaging",
-            detail=i.conclusion or ", ".join(i.body_sites) or None,
-        )
+        display = i.description or " ".join(i.modalities) or "imaging"
+        yield _event("imaging", i.date, i.code, display, i.source, i.conclusion or ", ".join(i.body_sites) or None)
     for r in record.reports:
-        yield EventOut(
-            date=_text(r.date),
-            kind="report",
-            code=_code(r.code),
-            source=r.source,
-            display=r.code.display or "report",
-            detail=r.conclusion,
-        )
+        yield _event("report", r.date, r.code, r.code.display or "report", r.source, r.conclusion)
     for e in record.encounters:
-        if not in_era(e.start):
-            continue
-        yield EventOut(
-            date=_text(e.start),
-            kind="encounter",
-            code=_code(e.code),
-            source=e.source,
-            display=(e.code.display if e.code else None) or e.encounter_class or "encounter",
-            detail=e.encounter_class,
-        )
+        if in_era(e.start):
+            display = (e.code.display if e.code else None) or e.encounter_class or "encounter"
+            yield _event("encounter", e.start, e.code, display, e.source, e.encounter_class)
 
 
 def _text_events(record: PatientRecord) -> Iterable[EventOut]:
