@@ -12,7 +12,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from werkzeug.serving import make_server
 
-from shared.errors import operation_outcome  # noqa: F401  (shape reference for readers)
 from tests.conftest import BULK, BULK_PATIENT, LARGEST_BUNDLE, requires_data, synthea
 
 FHIR = {"Content-Type": "application/fhir+json"}

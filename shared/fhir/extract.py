@@ -215,7 +215,7 @@ def read_observation(res: dict[str, Any], key: str, path: str, rec: PatientRecor
         assessment = StageAssessment(None, when, part["kind"], key, code=value)
         if part["part"] == "group":
             assessment.stage = normalise_stage(text)
-            ctx.members[key] = [m for m in ctx.refs(res.get("hasMember"), key, path, "hasMember")]
+            ctx.members[key] = list(ctx.refs(res.get("hasMember"), key, path, "hasMember"))
         else:
             setattr(assessment, part["part"], text)
         rec.stages.append(assessment)
@@ -351,8 +351,6 @@ def read_service_request(res: dict[str, Any], key: str, path: str, rec: PatientR
 
 
 def read_encounter(res: dict[str, Any], key: str, path: str, rec: PatientRecord, ctx: Context) -> None:
-    start, end = time_of(res, "period")
-    start, end = time_of(res, "periodPeriod") if False else (start, end)
     period = res.get("period") or {}
     klass = res.get("class")
     rec.encounters.append(

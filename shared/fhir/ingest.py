@@ -182,7 +182,7 @@ def ingest(raws: Iterable[RawResource], *, strict: bool = False) -> IngestResult
             )
     for rec in records.values():
         _link(rec, ctx)
-        rec.issues = [i for i in issues if _belongs(i, rec)]
+        rec.issues = issues  # issues speak of the input, so every record of it lists them
     if not records:
         raise UnprocessableInput(
             "input holds no usable Patient",
@@ -192,11 +192,6 @@ def ingest(raws: Iterable[RawResource], *, strict: bool = False) -> IngestResult
             ],
         )
     return IngestResult(list(records.values()), issues, used, skipped)
-
-
-def _belongs(issue: IngestIssue, rec: PatientRecord) -> bool:
-    """Issues are listed on every record of the input: they speak of the input, not of one patient."""
-    return True
 
 
 MERGE_WINDOW_DAYS = 365
