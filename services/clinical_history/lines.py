@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shared.fhir.record import CancerCondition, FhirTime, MedicationEvent, PatientRecord
+from shared.fhir.record import CancerCondition, FhirTime, MedicationEvent, PatientRecord, latest_cancer_before
 
 EXCLUDED_STATUSES = {"entered-in-error", "cancelled", "draft", "not-taken"}
 
@@ -40,20 +40,16 @@ class _CancerFinder:
     """Which cancer an exposure treats: its stated reason, else the latest diagnosed before it."""
 
     def __init__(self, record: PatientRecord) -> None:
-        self.by_source = {s: c for c in record.cancers for s in (c.source, *c.merged_sources)}
+        self.by_source = record.cancers_by_source()
         self.stage_owner = {s.source: s.cancer_source for s in record.stages if s.cancer_source}
-        self.primaries = sorted(
-            (c for c in record.cancers if c.role == "primary" and c.onset),
-            key=lambda c: c.onset,  # type: ignore[arg-type,return-value]
-        )
+        self.primaries = [c for c in record.cancers if c.role == "primary"]
 
     def __call__(self, med: MedicationEvent) -> CancerCondition | None:
         for reason in med.reasons:
             owner = self.by_source.get(reason) or self.by_source.get(self.stage_owner.get(reason, ""))
             if owner is not None:
                 return owner
-        earlier = [c for c in self.primaries if med.start and c.onset and c.onset <= med.start]
-        return earlier[-1] if earlier else None
+        return latest_cancer_before(self.primaries, med.start)
 
 
 def lines_of_therapy(record: PatientRecord, *, regimen_window_days: int = 28, gap_days: int = 180) -> list[TherapyLine]:

@@ -132,9 +132,9 @@ def _coded_events(record: PatientRecord) -> Iterable[EventOut]:
         yield _event(
             "medication", m.start, m.code, display, m.source, " ".join(filter(None, [m.drug_class, m.kind, m.status]))
         )
-    cancer_sources = {s for c in record.cancers for s in (c.source, *c.merged_sources)}
+    cancer_sources = record.cancers_by_source()
     for p in record.procedures:
-        if p.category == "other" and not cancer_sources.intersection(p.reasons):
+        if p.category == "other" and not any(r in cancer_sources for r in p.reasons):
             continue
         display = p.code.display or f"{p.category} (code {p.code.code})"
         yield _event(PROCEDURE_KINDS.get(p.category, "procedure"), p.start, p.code, display, p.source, p.category)

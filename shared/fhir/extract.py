@@ -13,7 +13,7 @@ import html
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from shared.fhir.codes import (
     all_codings,
@@ -72,7 +72,7 @@ def normalise_stage(value: str | None) -> str | None:
         return "extensive"
     if "limited" in lowered:
         return "limited"
-    match = _STAGE.match(text.replace("-", "").replace(" ", "") if len(text) < 12 else text)
+    match = _STAGE.match(re.sub(r"[\s-]", "", text))
     if not match:
         return text
     group = match.group(1).upper()
@@ -91,8 +91,15 @@ class Context:
     stage_links: dict[str, str] = field(default_factory=dict)  # Observation key -> Condition key
     members: dict[str, list[str]] = field(default_factory=dict)  # stage group obs -> member obs keys
 
-    def warn(self, raw_type: str, rid: str | None, path: str, message: str) -> None:
-        self.issues.append(IngestIssue("warning", raw_type, rid, path, message))
+    def warn(self, key: str, path: str, message: str) -> None:
+        self._issue("warning", key, path, message)
+
+    def error(self, key: str, path: str, message: str) -> None:
+        self._issue("error", key, path, message)
+
+    def _issue(self, severity: Literal["error", "warning"], key: str, path: str, message: str) -> None:
+        rtype, _, rid = key.partition("/")
+        self.issues.append(IngestIssue(severity, rtype, rid, path, message))
 
     def refs(self, values: Any, key: str, path: str, field_name: str) -> tuple[str, ...]:
         """Resolve a list of references, warning (not failing) on each one that dangles."""
@@ -103,8 +110,7 @@ class Context:
                 out.append(target)
             elif isinstance(ref, dict) and isinstance(ref.get("reference"), str):
                 if not ref["reference"].startswith("#"):
-                    rtype, _, rid = key.partition("/")
-                    self.warn(rtype, rid, f"{path}.{field_name}", "reference does not resolve within the input")
+                    self.warn(key, f"{path}.{field_name}", "reference does not resolve within the input")
         return tuple(out)
 
 
@@ -112,12 +118,11 @@ Reader = Callable[[dict[str, Any], str, str, PatientRecord, Context], None]
 
 
 def read_patient(res: dict[str, Any], key: str, path: str, rec: PatientRecord, ctx: Context) -> None:
-    deceased = FhirTime.parse(res.get("deceasedDateTime"))
     rec.patient = Demographics(
         id=key.partition("/")[2],
         birth_date=FhirTime.parse(res.get("birthDate")),
         gender=res.get("gender"),
-        deceased=deceased,
+        deceased=FhirTime.parse(res.get("deceasedDateTime")),
         source=key,
     )
 
@@ -227,7 +232,7 @@ def read_observation(res: dict[str, Any], key: str, path: str, rec: PatientRecor
             digits = re.search(r"\d+", concept_text(res.get("valueCodeableConcept")) or "")
             score = int(digits.group(0)) if digits else None
         if score is None:
-            ctx.warn("Observation", key.partition("/")[2], path, "performance status without a value")
+            ctx.warn(key, path, "performance status without a value")
             return
         rec.performance.append(PerformanceStatus(scale, int(score), when, key))  # type: ignore[arg-type]
         return
@@ -283,8 +288,7 @@ def _medication_code(res: dict[str, Any], key: str, path: str, ctx: Context) -> 
         target = ctx.index.get(ctx.index.resolve(res["medicationReference"]))
         if target is None:
             ctx.warn(
-                key.partition("/")[0],
-                key.partition("/")[2],
+                key,
                 f"{path}.medicationReference",
                 "medication reference does not resolve within the input",
             )
@@ -390,8 +394,7 @@ def _decode_attachment(att: dict[str, Any], key: str, path: str, ctx: Context) -
     if "data" not in att:
         if att.get("url"):
             ctx.warn(
-                key.partition("/")[0],
-                key.partition("/")[2],
+                key,
                 path,
                 "attachment given by URL is not fetched; only inline data is read",
             )
@@ -405,11 +408,7 @@ def _decode_attachment(att: dict[str, Any], key: str, path: str, ctx: Context) -
     try:
         text = base64.b64decode(att["data"], validate=True).decode(charset, errors="replace")
     except (binascii.Error, ValueError, LookupError):
-        ctx.issues.append(
-            IngestIssue(
-                "error", key.partition("/")[0], key.partition("/")[2], path, "attachment data is not valid base64"
-            )
-        )
+        ctx.error(key, path, "attachment data is not valid base64")
         return None
     if "html" in content_type:
         text = html.unescape(_TAGS.sub(" ", text))

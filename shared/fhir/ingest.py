@@ -23,7 +23,7 @@ from shared.errors import InvalidInput, Problem, UnprocessableInput
 from shared.fhir.codes import all_codings, codings, concept_text, profiles
 from shared.fhir.extract import MCODE, READERS, Context
 from shared.fhir.parse import RawResource, parse_bundle, read_path
-from shared.fhir.record import LOINC, CancerCondition, Demographics, IngestIssue, PatientRecord
+from shared.fhir.record import LOINC, CancerCondition, Demographics, IngestIssue, PatientRecord, latest_cancer_before
 from shared.fhir.references import ReferenceIndex
 from shared.terminology import terminology
 
@@ -235,8 +235,7 @@ def _merge_duplicate_cancers(rec: PatientRecord, ctx: Context) -> None:
 def _link(rec: PatientRecord, ctx: Context) -> None:
     """Attach stages and biomarkers to the cancer they describe; sort everything by time."""
     _merge_duplicate_cancers(rec, ctx)
-    by_key = {c.source: c for c in rec.cancers}
-    by_key.update({s: c for c in rec.cancers for s in c.merged_sources})
+    by_key = rec.cancers_by_source()
     primaries = [c for c in rec.cancers if c.role == "primary"] or rec.cancers
     by_type: dict[str, list[Any]] = {}
     for cancer in primaries:
@@ -270,8 +269,7 @@ def _link(rec: PatientRecord, ctx: Context) -> None:
         if len(primaries) == 1:
             return primaries[0]
         # Several cancers and nothing says which: the most recent diagnosed on or before the fact.
-        dated = [c for c in primaries if c.onset and when and c.onset <= when]
-        return max(dated, key=_onset) if dated else None
+        return latest_cancer_before(primaries, when)
 
     for stage in sorted(rec.stages, key=lambda s: (s.date is None, s.date)):
         cancer = target(stage.source, stage.date)

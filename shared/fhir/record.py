@@ -282,3 +282,16 @@ class PatientRecord:
     @property
     def id(self) -> str:
         return self.patient.id
+
+    def cancers_by_source(self) -> dict[str, CancerCondition]:
+        """Every Condition reference that records a cancer (merged duplicates too) -> that cancer."""
+        return {s: c for c in self.cancers for s in (c.source, *c.merged_sources)}
+
+
+def latest_cancer_before(cancers: list[CancerCondition], when: FhirTime | None) -> CancerCondition | None:
+    """The cancer most recently diagnosed on or before ``when``: the default owner of a fact
+    (a stage, a marker, a drug) that does not say which cancer it is about."""
+    if when is None:
+        return None
+    dated = [(c.onset, c) for c in cancers if c.onset is not None and c.onset <= when]
+    return max(dated, key=lambda pair: pair[0])[1] if dated else None
