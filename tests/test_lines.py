@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.clinical_history.lines import lines_of_therapy
+from shared.therapy_lines import lines_of_therapy
 from shared.fhir.record import SNOMED, CancerCondition, Code, Demographics, FhirTime, MedicationEvent, PatientRecord
 from shared.terminology import terminology
 

@@ -20,7 +20,7 @@ from services.clinical_history.contract import (
     TextSpan,
     Timeline,
 )
-from services.clinical_history.lines import lines_of_therapy
+from shared.therapy_lines import lines_of_therapy
 from shared.fhir.record import (
     BiomarkerResult,
     CancerCondition,

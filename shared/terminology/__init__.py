@@ -176,6 +176,10 @@ class Terminology:
         ranked = next((c for c in ("chemotherapy", "targeted", "immunotherapy", "hormonal") if c in classes), None)
         return tuple(sorted(found)), ranked or "supportive"
 
+    def drug_by_name(self, name: str) -> Drug | None:
+        """The drug an ingredient name or synonym stands for ("Taxol" -> paclitaxel)."""
+        return self._drug_by_word.get(name.strip().lower())
+
     # --- observations --------------------------------------------------------------------
     def biomarker_from_text(self, text: str) -> str | None:
         for pattern, name in self._biomarker_text:

@@ -36,7 +36,7 @@ class TherapyLine:
         return " + ".join(self.drugs)
 
 
-class _CancerFinder:
+class CancerFinder:
     """Which cancer an exposure treats: its stated reason, else the latest diagnosed before it."""
 
     def __init__(self, record: PatientRecord) -> None:
@@ -61,7 +61,7 @@ def lines_of_therapy(record: PatientRecord, *, regimen_window_days: int = 28, ga
         ),
         key=lambda m: m.start,  # type: ignore[arg-type,return-value]
     )
-    cancer_for = _CancerFinder(record)
+    cancer_for = CancerFinder(record)
     per_cancer: dict[str | None, list[MedicationEvent]] = {}
     for med in exposures:
         cancer = cancer_for(med)

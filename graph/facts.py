@@ -1,0 +1,391 @@
+"""Evaluate structured conditions over one cancer of a ``PatientRecord``, in three values.
+
+``satisfied`` / ``unsatisfied`` / ``unknown``: a marker never tested is *unknown*, not negative, so
+a decision never rests on missing data. Treatments and procedures are read closed-world (nothing
+recorded = not done, said so in the evidence). Every leaf returns the facts it used (FHIR
+references, values, dates), which is what navigation and necessity cite.
+
+This is the one evaluator: both pathway stores hand back the same ``Condition`` values and every
+query evaluates them here, so the stores cannot disagree on a decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from functools import cached_property
+from typing import Literal
+
+from graph.conditions import AllOf, AnyOf, Condition, Leaf, Not, describe
+from shared.fhir.record import (
+    SNOMED,
+    BiomarkerResult,
+    CancerCondition,
+    FhirTime,
+    MedicationEvent,
+    PatientRecord,
+    ProcedureEvent,
+    StageAssessment,
+)
+from shared.therapy_lines import EXCLUDED_STATUSES, CancerFinder, lines_of_therapy
+
+Status = Literal["satisfied", "unsatisfied", "unknown"]
+SATISFIED: Status = "satisfied"
+UNSATISFIED: Status = "unsatisfied"
+UNKNOWN: Status = "unknown"
+
+# A diagnostic procedure (biopsy, staging scan) often precedes the diagnosis date it leads to.
+DIAGNOSTIC_LOOKBACK_DAYS = 90
+NOT_DONE = {"not-done", "entered-in-error", "cancelled", "stopped"}
+# mCODE CancerDiseaseStatus values (SNOMED CT) -> the statuses conditions speak of.
+DISEASE_STATUS_CODES = {
+    "268910001": "response",  # patient's condition improved
+    "359746009": "stable",  # patient's condition stable
+    "271299001": "progression",  # patient's condition worsened
+    "550991000124107": "remission",  # malignant neoplasm in full remission
+    "551001000124108": "response",  # malignant neoplasm in partial remission
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    source: str  # the FHIR resource the fact comes from, Type/id
+    fact: str  # what it shows, in words
+    value: str | None = None
+    date: str | None = None
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"source": self.source, "fact": self.fact, "value": self.value, "date": self.date}
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    status: Status
+    label: str
+    op: Literal["all", "any", "not", "leaf"] = "leaf"
+    evidence: tuple[Evidence, ...] = ()
+    children: tuple[Evaluation, ...] = ()
+    fact: str | None = None
+    text: tuple[str, ...] = ()  # a leaf's free-text terms: where a judge may look when unknown
+    latest: date | None = None  # the latest date among the evidence (anchors due dates)
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"op": self.op, "label": self.label, "status": self.status}
+        if self.op == "leaf":
+            out["fact"] = self.fact
+            out["evidence"] = [e.to_json() for e in self.evidence]
+            if self.text:
+                out["textTerms"] = list(self.text)
+        else:
+            out["children"] = [c.to_json() for c in self.children]
+        return out
+
+
+def combine(op: Literal["all", "any"], label: str, children: Iterable[Evaluation]) -> Evaluation:
+    """Kleene three-valued AND/OR."""
+    kids = tuple(children)
+    statuses = {c.status for c in kids}
+    decisive, other = (UNSATISFIED, SATISFIED) if op == "all" else (SATISFIED, UNSATISFIED)
+    status = decisive if decisive in statuses else UNKNOWN if UNKNOWN in statuses else other
+    dates = [c.latest for c in kids if c.latest is not None and c.status == status]
+    return Evaluation(status, label, op, children=kids, latest=max(dates, default=None))
+
+
+class PatientFacts:
+    """The facts of one cancer of one patient, as of a date, indexed once for many evaluations."""
+
+    def __init__(
+        self,
+        record: PatientRecord,
+        cancer: CancerCondition,
+        *,
+        as_of: date | None = None,
+        exclude: Iterable[str] = (),
+    ) -> None:
+        self.record = record
+        self.cancer = cancer
+        self.as_of = as_of
+        self.exclude = frozenset(exclude)  # e.g. the order under review: it is not its own history
+        self.sources = {cancer.source, *cancer.merged_sources}
+
+    # -- indexes, built on first use -------------------------------------------------------------
+    def _current(self, when: FhirTime | None) -> bool:
+        return self.as_of is None or when is None or when.day <= self.as_of
+
+    @cached_property
+    def stages(self) -> list[StageAssessment]:
+        return [s for s in self.cancer.stages if self._current(s.date)]
+
+    @cached_property
+    def biomarkers(self) -> dict[str, list[BiomarkerResult]]:
+        out: dict[str, list[BiomarkerResult]] = {}
+        for b in self.cancer.biomarkers:
+            if self._current(b.date) and b.source not in self.exclude:
+                out.setdefault(b.name.upper(), []).append(b)
+        return out
+
+    @cached_property
+    def _owner(self) -> CancerFinder:
+        return CancerFinder(self.record)
+
+    @cached_property
+    def exposures(self) -> list[MedicationEvent]:
+        return [
+            m
+            for m in self.record.medications
+            if m.antineoplastic
+            and m.start is not None
+            and m.status not in EXCLUDED_STATUSES
+            and m.source not in self.exclude
+            and self._current(m.start)
+            and (owner := self._owner(m)) is not None
+            and owner.source in self.sources
+        ]
+
+    @cached_property
+    def lines(self) -> int:
+        record = self.record
+        if self.as_of is not None or self.exclude:
+            kept = {m.source for m in self.exposures}
+            record = PatientRecord(record.patient, cancers=record.cancers, medications=[
+                m for m in record.medications if not m.antineoplastic or m.source in kept
+            ])
+        return sum(1 for line in lines_of_therapy(record) if line.cancer_source in self.sources)
+
+    @cached_property
+    def procedures(self) -> list[ProcedureEvent]:
+        """Procedures about this cancer: by stated reason, else the latest cancer diagnosed up to
+        ``DIAGNOSTIC_LOOKBACK_DAYS`` after the procedure."""
+        by_source = self.record.cancers_by_source()
+        primaries = [c for c in self.record.cancers if c.onset is not None]
+        out = []
+        for p in self.record.procedures:
+            if p.status in NOT_DONE or p.start is None or p.source in self.exclude or not self._current(p.start):
+                continue
+            owner = next((by_source[r] for r in p.reasons if r in by_source), None)
+            if owner is None:
+                limit = p.start.day.toordinal() + DIAGNOSTIC_LOOKBACK_DAYS
+                onsets = [(c.onset, c) for c in primaries if c.onset and c.onset.day.toordinal() <= limit]
+                owner = max(onsets, key=lambda pair: pair[0])[1] if onsets else None
+            if owner is not None and owner.source in self.sources:
+                out.append(p)
+        return out
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluate(self, cond: Condition) -> Evaluation:
+        if isinstance(cond, AllOf | AnyOf):
+            op: Literal["all", "any"] = "all" if isinstance(cond, AllOf) else "any"
+            return combine(op, describe(cond), (self.evaluate(c) for c in cond.items))
+        if isinstance(cond, Not):
+            inner = self.evaluate(cond.item)
+            flipped = {SATISFIED: UNSATISFIED, UNSATISFIED: SATISFIED}.get(inner.status, UNKNOWN)
+            return Evaluation(flipped, describe(cond), "not", children=(inner,), latest=inner.latest)
+        status, evidence = getattr(self, f"_{cond.fact}")(cond)
+        dates = [FhirTime.parse(e.date) for e in evidence]
+        latest = max((d.day for d in dates if d is not None), default=None)
+        return Evaluation(status, describe(cond), "leaf", tuple(evidence), fact=cond.fact, text=cond.text, latest=latest)
+
+    def _cancer(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
+        c = self.cancer
+        ev = [Evidence(c.source, f"{c.role} cancer: {c.code.display or c.code.code}", c.cancer_type, _text(c.onset))]
+        if "role" in leaf.params and c.role != leaf.params["role"]:
+            return UNSATISFIED, ev
+        codes = leaf.get("codes", ())
+        if codes and any(code.key == c.code.key for code in codes):
+            return SATISFIED, ev
+        types = leaf.get("types", ())
+        if c.cancer_type in types:
+            return SATISFIED, ev
+        # "Lung cancer" without histology may be either lung pathway: not decided, not excluded.
+        if c.cancer_type == "lung" and {"nsclc", "sclc"} & set(types):
+            return UNKNOWN, ev
+        return UNSATISFIED, ev
+
+    def _latest_stage(self) -> StageAssessment | None:
+        staged = [s for s in self.stages if s.stage]
+        return staged[-1] if staged else None
+
+    def _stage(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
+        stage = self._latest_stage()
+        if stage is None or stage.stage is None:
+            return UNKNOWN, [Evidence(self.cancer.source, "no stage on record")]
+        values = {stage.stage}
+        if self.cancer.cancer_type == "sclc" and stage.stage not in {"limited", "extensive"}:
+            # Approximation: AJCC stage IV ~ extensive stage; I-III ~ limited (see the SCLC pathway).
+            values.add("extensive" if stage.stage.startswith("IV") else "limited")
+        ev = [Evidence(stage.source, f"{stage.kind} stage", stage.stage, _text(stage.date))]
+        ok = any(_prefix_match(v, want) for v in values for want in leaf.params["in"])
+        return (SATISFIED if ok else UNSATISFIED), ev
+
+    def _tnm(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
+        status: Status = SATISFIED
+        ev: list[Evidence] = []
+        for part in ("t", "n", "m"):
+            if part not in leaf.params:
+                continue
+            found = next((s for s in reversed(self.stages) if getattr(s, part)), None)
+            if found is None:
+                status = UNSATISFIED if status == UNSATISFIED else UNKNOWN
+                ev.append(Evidence(self.cancer.source, f"no {part.upper()} category on record"))
+                continue
+            value = _tnm_value(getattr(found, part))
+            ev.append(Evidence(found.source, f"{part.upper()} category", value, _text(found.date)))
+            if not any(_prefix_match(value, want) for want in leaf.params[part]):
+                status = UNSATISFIED
+        return status, ev
+
+    def _metastatic(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
+        ev: list[Evidence] = []
+        c = self.cancer
+        if c.role == "secondary":
+            ev.append(Evidence(c.source, "secondary (metastatic) cancer", c.code.display, _text(c.onset)))
+        primaries = [x for x in self.record.cancers if x.role == "primary"]
+        for x in self.record.cancers:
+            linked = x.related_primary in self.sources or (x.related_primary is None and len(primaries) == 1)
+            if x.role == "secondary" and x is not c and linked and self._current(x.onset):
+                ev.append(Evidence(x.source, "metastasis", x.code.display, _text(x.onset)))
+        stage = self._latest_stage()
+        if stage is not None and (stage.stage or "").startswith(("IV", "extensive")):
+            ev.append(Evidence(stage.source, "stage", stage.stage, _text(stage.date)))
+        m = next((s for s in reversed(self.stages) if s.m), None)
+        if m is not None and _tnm_value(m.m or "").startswith("M1"):
+            ev.append(Evidence(m.source, "M category", _tnm_value(m.m or ""), _text(m.date)))
+        if ev:
+            status: Status = SATISFIED
+        elif stage is not None or m is not None:
+            status = UNSATISFIED
+            ev.append(Evidence((stage or m).source, "non-metastatic stage", (stage or m).stage))  # type: ignore[union-attr]
+        else:
+            status = UNKNOWN
+            ev.append(Evidence(c.source, "no stage or metastasis on record"))
+        if not leaf.params["is"]:
+            status = {SATISFIED: UNSATISFIED, UNSATISFIED: SATISFIED}.get(status, UNKNOWN)
+        return status, ev
+
+    def _biomarker(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
+        name = leaf.params["name"]
+        results = self.biomarkers.get(name.upper(), [])
+        if not results:
+            return UNKNOWN, [Evidence(self.cancer.source, f"no {name} result on record")]
+        latest = results[-1]
+        ev = [Evidence(latest.source, f"{name} {latest.status}", latest.value, _text(latest.date))]
+        checks: list[bool | None] = []
+        if "status" in leaf.params:
+            checks.append(latest.status in leaf.params["status"])
+        for bound, ok in (("min", lambda q, b: q >= b), ("max", lambda q, b: q <= b)):
+            if bound in leaf.params:
+                checks.append(None if latest.quantity is None else ok(latest.quantity, leaf.params[bound]))
+        if any(c is False for c in checks):
+            return UNSATISFIED, ev
+        return (UNKNOWN if None in checks else SATISFIED), ev
+
+    def _performance(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
+        current = [p for p in self.record.performance if self._current(p.date)]
+        if not current:
+            return UNKNOWN, [Evidence(self.record.patient.source or self.cancer.source, "no performance status")]
+        latest = max(current, key=lambda p: (p.date is not None, p.date))
+        ecog = latest.value if latest.scale == "ECOG" else _karnofsky_to_ecog(latest.value)
+        ev = [Evidence(latest.source, f"{latest.scale} performance status", str(latest.value), _text(latest.date))]
+        ok = leaf.get("ecog_max", 5) >= ecog >= leaf.get("ecog_min", 0)
+        return (SATISFIED if ok else UNSATISFIED), ev
+
+    def _age(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
+        born = self.record.patient.birth_date
+        if born is None:
+            return UNKNOWN, [Evidence(self.record.patient.source, "no birth date")]
+        today = self.as_of or date.today()
+        b = born.day
+        years = today.year - b.year - ((today.month, today.day) < (b.month, b.day))
+        ev = [Evidence(self.record.patient.source, "age", str(years), born.text)]
+        ok = leaf.get("min", 0) <= years <= leaf.get("max", 200)
+        return (SATISFIED if ok else UNSATISFIED), ev
+
+    def _sex(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
+        gender = self.record.patient.gender
+        if gender not in {"female", "male"}:
+            return UNKNOWN, [Evidence(self.record.patient.source, "administrative gender not female/male", gender)]
+        ev = [Evidence(self.record.patient.source, "administrative gender", gender)]
+        return (SATISFIED if gender == leaf.params["is"] else UNSATISFIED), ev
+
+    def _therapy(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
+        drugs, classes = set(leaf.get("drugs", ())), set(leaf.get("classes", ()))
+        matching = [
+            m for m in self.exposures if (not drugs and not classes) or drugs & set(m.ingredients) or m.drug_class in classes
+        ]
+        ev = [Evidence(m.source, f"{m.drug_class} given", " + ".join(m.ingredients), _text(m.start)) for m in matching]
+        ok = bool(matching) if (drugs or classes) else True
+        if not matching:
+            ev = [Evidence(self.cancer.source, "no matching systemic therapy recorded")]
+        if "min_lines" in leaf.params or "max_lines" in leaf.params:
+            lines = self.lines
+            ev.append(Evidence(self.cancer.source, "lines of systemic therapy", str(lines)))
+            ok = ok and leaf.get("min_lines", 0) <= lines <= leaf.get("max_lines", 99)
+        return (SATISFIED if ok else UNSATISFIED), ev[-20:]
+
+    def _procedure(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
+        categories = set(leaf.get("categories", ()))
+        codes = {c.key for c in leaf.get("codes", ())}
+        found = [p for p in self.procedures if p.category in categories or p.code.key in codes]
+        return _done(found, self.cancer.source, "procedure")
+
+    def _imaging(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
+        codes = {c.key for c in leaf.get("codes", ())}
+        modalities = set(leaf.get("modalities", ()))
+        found: list[ProcedureEvent] = [
+            p for p in self.procedures if p.category == "imaging" and (not codes or p.code.key in codes)
+        ]
+        ev = [Evidence(p.source, p.code.display or p.code.code, None, _text(p.start)) for p in found]
+        start = self.cancer.onset.day.toordinal() - DIAGNOSTIC_LOOKBACK_DAYS if self.cancer.onset else None
+        for study in self.record.imaging:
+            if study.date is None or not self._current(study.date) or start is None or study.date.day.toordinal() < start:
+                continue
+            if (not modalities or modalities & set(study.modalities)) and (not codes or (study.code and study.code.key in codes)):
+                ev.append(Evidence(study.source, study.description or "imaging study", ", ".join(study.modalities), study.date.text))
+        if not ev:
+            return UNSATISFIED, [Evidence(self.cancer.source, "no matching imaging recorded")]
+        return SATISFIED, ev[-20:]
+
+    def _disease_status(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
+        mine = [
+            d
+            for d in self.record.disease_status
+            if (d.cancer_source in self.sources or d.cancer_source is None) and self._current(d.date)
+        ]
+        known = [(d, DISEASE_STATUS_CODES.get(d.code.code)) for d in mine if d.code.system == SNOMED]
+        known = [(d, s) for d, s in known if s]
+        if not known:
+            return UNKNOWN, [Evidence(self.cancer.source, "no coded disease status")]
+        d, status = known[-1]
+        ev = [Evidence(d.source, "disease status", status, _text(d.date))]
+        return (SATISFIED if status in leaf.params["in"] else UNSATISFIED), ev
+
+
+def _done(found: list[ProcedureEvent], fallback: str, what: str) -> tuple[Status, list[Evidence]]:
+    if not found:
+        return UNSATISFIED, [Evidence(fallback, f"no matching {what} recorded")]
+    return SATISFIED, [Evidence(p.source, p.code.display or p.code.code, p.category, _text(p.start)) for p in found][-20:]
+
+
+def _text(when: FhirTime | None) -> str | None:
+    return when.text if when is not None else None
+
+
+def _prefix_match(value: str, wanted: str) -> bool:
+    """'IIIB' is in stage 'III' and 'T3a' in 'T3'; 'II' is not in 'I' (the next char is a numeral)."""
+    if value == wanted:
+        return True
+    return value.startswith(wanted) and value[len(wanted)].upper() not in "IV"
+
+
+def _tnm_value(raw: str) -> str:
+    """'cT3a' / 'pN1' / 'ypT2' -> 'T3a' / 'N1' / 'T2'."""
+    text = raw.strip()
+    while text and text[0] in "cpyrau" and len(text) > 1 and text[1] not in "0123456789":
+        text = text[1:]
+    return text[:1].upper() + text[1:]
+
+
+def _karnofsky_to_ecog(kps: int) -> int:
+    """The usual published correspondence (Oken 1982; Buccheri 1996)."""
+    return 0 if kps >= 90 else 1 if kps >= 70 else 2 if kps >= 50 else 3 if kps >= 30 else 4
