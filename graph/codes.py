@@ -8,6 +8,7 @@ pattern. A well-formed code can still be the wrong concept: that is what clinica
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from shared.fhir.record import ICD10CM, LOINC, RXNORM, SNOMED
 
@@ -65,7 +66,7 @@ def loinc_ok(code: str) -> bool:
 
 def code_problem(system: str, code: str) -> str | None:
     """None if ``code`` is well-formed for ``system``, else what is wrong with it."""
-    checks = {
+    checks: dict[str, tuple[Callable[[str], object], str]] = {
         SNOMED: (snomed_ok, "not a SNOMED CT identifier (digits with a Verhoeff check digit)"),
         LOINC: (loinc_ok, "not a LOINC code (digits, hyphen, mod-10 check digit)"),
         RXNORM: (lambda c: c.isdigit() and len(c) <= 8, "not an RxNorm CUI (an integer)"),

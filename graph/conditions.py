@@ -166,7 +166,11 @@ def _param(value: Any, spec: ParamSpec, where: str) -> Any:
         if not isinstance(value, bool):
             raise ConditionError(f"{where}: true or false is required")
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float) or (spec.kind == "integer" and not isinstance(value, int)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (spec.kind == "integer" and not isinstance(value, int))
+    ):
         raise ConditionError(f"{where}: {'an integer' if spec.kind == 'integer' else 'a number'} is required")
     return value
 

@@ -12,7 +12,7 @@ query evaluates them here, so the stores cannot disagree on a decision.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from functools import cached_property
 from typing import Literal
@@ -148,9 +148,11 @@ class PatientFacts:
         record = self.record
         if self.as_of is not None or self.exclude:
             kept = {m.source for m in self.exposures}
-            record = PatientRecord(record.patient, cancers=record.cancers, medications=[
-                m for m in record.medications if not m.antineoplastic or m.source in kept
-            ])
+            record = PatientRecord(
+                record.patient,
+                cancers=record.cancers,
+                medications=[m for m in record.medications if not m.antineoplastic or m.source in kept],
+            )
         return sum(1 for line in lines_of_therapy(record) if line.cancer_source in self.sources)
 
     @cached_property
@@ -184,7 +186,9 @@ class PatientFacts:
         status, evidence = getattr(self, f"_{cond.fact}")(cond)
         dates = [FhirTime.parse(e.date) for e in evidence]
         latest = max((d.day for d in dates if d is not None), default=None)
-        return Evaluation(status, describe(cond), "leaf", tuple(evidence), fact=cond.fact, text=cond.text, latest=latest)
+        return Evaluation(
+            status, describe(cond), "leaf", tuple(evidence), fact=cond.fact, text=cond.text, latest=latest
+        )
 
     def _cancer(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
         c = self.cancer
@@ -311,7 +315,9 @@ class PatientFacts:
     def _therapy(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
         drugs, classes = set(leaf.get("drugs", ())), set(leaf.get("classes", ()))
         matching = [
-            m for m in self.exposures if (not drugs and not classes) or drugs & set(m.ingredients) or m.drug_class in classes
+            m
+            for m in self.exposures
+            if (not drugs and not classes) or drugs & set(m.ingredients) or m.drug_class in classes
         ]
         ev = [Evidence(m.source, f"{m.drug_class} given", " + ".join(m.ingredients), _text(m.start)) for m in matching]
         ok = bool(matching) if (drugs or classes) else True
@@ -338,10 +344,21 @@ class PatientFacts:
         ev = [Evidence(p.source, p.code.display or p.code.code, None, _text(p.start)) for p in found]
         start = self.cancer.onset.day.toordinal() - DIAGNOSTIC_LOOKBACK_DAYS if self.cancer.onset else None
         for study in self.record.imaging:
-            if study.date is None or not self._current(study.date) or start is None or study.date.day.toordinal() < start:
+            if (
+                study.date is None
+                or not self._current(study.date)
+                or start is None
+                or study.date.day.toordinal() < start
+            ):
                 continue
-            if (not modalities or modalities & set(study.modalities)) and (not codes or (study.code and study.code.key in codes)):
-                ev.append(Evidence(study.source, study.description or "imaging study", ", ".join(study.modalities), study.date.text))
+            if (not modalities or modalities & set(study.modalities)) and (
+                not codes or (study.code and study.code.key in codes)
+            ):
+                ev.append(
+                    Evidence(
+                        study.source, study.description or "imaging study", ", ".join(study.modalities), study.date.text
+                    )
+                )
         if not ev:
             return UNSATISFIED, [Evidence(self.cancer.source, "no matching imaging recorded")]
         return SATISFIED, ev[-20:]
@@ -364,7 +381,9 @@ class PatientFacts:
 def _done(found: list[ProcedureEvent], fallback: str, what: str) -> tuple[Status, list[Evidence]]:
     if not found:
         return UNSATISFIED, [Evidence(fallback, f"no matching {what} recorded")]
-    return SATISFIED, [Evidence(p.source, p.code.display or p.code.code, p.category, _text(p.start)) for p in found][-20:]
+    return SATISFIED, [Evidence(p.source, p.code.display or p.code.code, p.category, _text(p.start)) for p in found][
+        -20:
+    ]
 
 
 def _text(when: FhirTime | None) -> str | None:

@@ -58,7 +58,9 @@ def load_file(path: Path) -> Pathway:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "-"
-        raise PathwayFileError(path.name, where, f"not valid YAML ({getattr(exc, 'problem', None) or 'syntax'})") from None
+        raise PathwayFileError(
+            path.name, where, f"not valid YAML ({getattr(exc, 'problem', None) or 'syntax'})"
+        ) from None
     return pathway_from_dict(data, path.name)
 
 
@@ -67,7 +69,11 @@ def pathway_from_dict(data: Any, file: str = "<data>") -> Pathway:
     doc = reader.mapping(data, "document")
     reader.only(doc, {"pathway", "sources", "nodes", "edges"}, "document")
     head = reader.mapping(doc.get("pathway"), "pathway")
-    reader.only(head, {"id", "version", "title", "status", "disclaimer", "applies_when", "start", "cites", "needs_mapping"}, "pathway")
+    reader.only(
+        head,
+        {"id", "version", "title", "status", "disclaimer", "applies_when", "start", "cites", "needs_mapping"},
+        "pathway",
+    )
     info = PathwayInfo(
         id=reader.text(head, "id", "pathway"),
         version=str(reader.required(head, "version", "pathway")),

@@ -40,7 +40,7 @@ class NetworkXPathwayStore:
         # Adjacency lists in file order, per node, built once: queries then cost dict lookups.
         self._out: dict[tuple[str, str], list[Edge]] = {}
         self._in: dict[tuple[str, str], list[Edge]] = {}
-        for (src, dst, data) in self._graph.edges(data=True):
+        for src, dst, data in self._graph.edges(data=True):
             self._out.setdefault(src, []).append(data["edge"])
             self._in.setdefault(dst, []).append(data["edge"])
         for adjacency in (self._out, self._in):

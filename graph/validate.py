@@ -16,7 +16,7 @@ from pathlib import Path
 
 from graph.codes import code_problem
 from graph.model import ORDERABLE, WALKABLE, EdgeKind, NodeKind, Pathway
-from shared.fhir.record import RXNORM
+from shared.fhir.record import RXNORM, Code
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +97,19 @@ def _check(p: Pathway) -> list[Finding]:
         if src.kind not in allowed[0] or dst.kind not in allowed[1]:
             bad(where, f"a {edge.kind} edge cannot join a {src.kind} to a {dst.kind}")
         out += [Finding(p.key, where, f"condition needs mapping: {t}", "warning") for t in edge.needs_mapping]
+        if edge.kind is EdgeKind.REQUIRES and dst.done_when is None:
+            bad(where, "a required node needs done_when, or the requirement can never be checked")
         if edge.kind is EdgeKind.BRANCH and src.kind is NodeKind.DECISION and dst.kind in ORDERABLE:
             bad(where, "a decision branches to steps; steps offer regimens/activities")
 
     for node in p.nodes:
-        if node.kind is NodeKind.DECISION and not [e for e in p.edges if e.source == node.id and e.kind is EdgeKind.BRANCH]:
+        if node.kind is NodeKind.DECISION and not [
+            e for e in p.edges if e.source == node.id and e.kind is EdgeKind.BRANCH
+        ]:
             bad(f"node {node.id}", "a decision without branches")
-        if node.kind is NodeKind.REGIMEN and not [e for e in p.edges if e.source == node.id and e.kind is EdgeKind.INCLUDES]:
+        if node.kind is NodeKind.REGIMEN and not [
+            e for e in p.edges if e.source == node.id and e.kind is EdgeKind.INCLUDES
+        ]:
             bad(f"node {node.id}", "a regimen includes nothing")
 
     reachable = _reachable(p)
@@ -126,7 +132,7 @@ def _reachable(p: Pathway) -> set[str]:
     return out
 
 
-def _rxnorm_disagreements(codes: tuple) -> list[str]:  # type: ignore[type-arg]
+def _rxnorm_disagreements(codes: tuple[Code, ...]) -> list[str]:
     from shared.terminology import terminology
 
     terms = terminology()

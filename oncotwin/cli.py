@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from oncotwin.graph_commands import add_graph_parser
 from shared.auth import SCOPES, LocalKeys
 from shared.config import load_settings
 from shared.errors import ConfigError, OncoTwinError
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8080)
     up.add_argument("--workers", type=int, default=2)
     up.set_defaults(func=_up)
+
+    add_graph_parser(sub)
     return parser
 
 

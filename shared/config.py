@@ -77,6 +77,14 @@ class Settings:
     fhir_timeout_s: float
     fhir_page_limit: int
     log_level: str
+    # Care-pathway graph: the embedded NetworkX store by default; Neo4j when NEO4J_URI is set.
+    pathway_dir: Path | None = None  # None: the pathway files shipped in graph/pathways
+    neo4j_uri: str | None = None  # bolt://, neo4j://; TLS with bolt+s:// or neo4j+s://
+    neo4j_user: str = "neo4j"
+    neo4j_password: str | None = None
+    neo4j_database: str = "neo4j"
+    neo4j_namespace: str = "default"
+    neo4j_timeout_s: float = 10.0
 
     @property
     def local_keys(self) -> bool:
@@ -106,4 +114,32 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         fhir_timeout_s=_float(env, "FHIR_TIMEOUT_SECONDS", 20.0),
         fhir_page_limit=_int(env, "FHIR_MAX_PAGES", 200),
         log_level=level,
+        pathway_dir=_directory(env, "PATHWAY_DIR"),
+        neo4j_uri=_neo4j_uri(env),
+        neo4j_user=env.get("NEO4J_USER") or "neo4j",
+        neo4j_password=env.get("NEO4J_PASSWORD") or None,
+        neo4j_database=env.get("NEO4J_DATABASE") or "neo4j",
+        neo4j_namespace=env.get("NEO4J_NAMESPACE") or "default",
+        neo4j_timeout_s=_float(env, "NEO4J_TIMEOUT_SECONDS", 10.0),
     )
+
+
+def _directory(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    if not Path(raw).is_dir():
+        raise ConfigError(f"{name} points to {raw!r}, which is not a directory")
+    return Path(raw)
+
+
+def _neo4j_uri(env: Mapping[str, str]) -> str | None:
+    raw = (env.get("NEO4J_URI") or "").strip()
+    if not raw:
+        return None
+    schemes = ("bolt://", "bolt+s://", "bolt+ssc://", "neo4j://", "neo4j+s://", "neo4j+ssc://")
+    if not raw.startswith(schemes):
+        raise ConfigError(f"NEO4J_URI must start with one of {', '.join(schemes)}, got {raw.split('://')[0]!r}")
+    if not env.get("NEO4J_PASSWORD"):
+        raise ConfigError("NEO4J_PASSWORD must be set when NEO4J_URI is set")
+    return raw
