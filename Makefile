@@ -24,6 +24,7 @@ test: install-dev
 
 bench: install-dev
 	$(PY) bench/timeline_vs_validation.py
+	$(PY) bench/pathway_queries.py
 
 lint: install-dev
 	$(VENV)/bin/ruff check .

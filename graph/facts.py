@@ -160,7 +160,7 @@ class PatientFacts:
         """Procedures about this cancer: by stated reason, else the latest cancer diagnosed up to
         ``DIAGNOSTIC_LOOKBACK_DAYS`` after the procedure."""
         by_source = self.record.cancers_by_source()
-        primaries = [c for c in self.record.cancers if c.onset is not None]
+        onsets = sorted(((c.onset.day.toordinal(), c) for c in self.record.cancers if c.onset), key=lambda x: x[0])
         out = []
         for p in self.record.procedures:
             if p.status in NOT_DONE or p.start is None or p.source in self.exclude or not self._current(p.start):
@@ -168,8 +168,10 @@ class PatientFacts:
             owner = next((by_source[r] for r in p.reasons if r in by_source), None)
             if owner is None:
                 limit = p.start.day.toordinal() + DIAGNOSTIC_LOOKBACK_DAYS
-                onsets = [(c.onset, c) for c in primaries if c.onset and c.onset.day.toordinal() <= limit]
-                owner = max(onsets, key=lambda pair: pair[0])[1] if onsets else None
+                for ordinal, cancer in onsets:  # the latest diagnosed up to the limit
+                    if ordinal > limit:
+                        break
+                    owner = cancer
             if owner is not None and owner.source in self.sources:
                 out.append(p)
         return out
