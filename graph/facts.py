@@ -160,7 +160,10 @@ class PatientFacts:
         """Procedures about this cancer: by stated reason, else the latest cancer diagnosed up to
         ``DIAGNOSTIC_LOOKBACK_DAYS`` after the procedure."""
         by_source = self.record.cancers_by_source()
-        onsets = sorted(((c.onset.day.toordinal(), c) for c in self.record.cancers if c.onset), key=lambda x: x[0])
+        # Primaries own procedures (a metastasis found the same day is part of the same disease);
+        # a record with only a secondary cancer gives them to it.
+        owners = [c for c in self.record.cancers if c.role == "primary"] or self.record.cancers
+        onsets = sorted(((c.onset.day.toordinal(), c) for c in owners if c.onset), key=lambda x: x[0])
         out = []
         for p in self.record.procedures:
             if p.status in NOT_DONE or p.start is None or p.source in self.exclude or not self._current(p.start):

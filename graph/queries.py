@@ -126,7 +126,7 @@ class PathwayQueries:
     # -- which pathways ----------------------------------------------------------------------------
     def pathways_for(self, record: PatientRecord, as_of: date | None = None) -> list[PathwayMatch]:
         out = []
-        for cancer in record.cancers:
+        for cancer in _disease_cancers(record):
             facts = PatientFacts(record, cancer, as_of=as_of)
             for info in self.active:
                 applies = facts.evaluate(info.applies_when)
@@ -394,6 +394,19 @@ class PathwayQueries:
     def _title(self, key: str, node_id: str) -> str:
         node = self.store.node(key, node_id)
         return node.title if node is not None else node_id
+
+
+def _disease_cancers(record: PatientRecord) -> list[CancerCondition]:
+    """The cancers a pathway is about: primaries, and a secondary only when its primary is not
+    on record (a metastasis of a recorded primary is that primary's disease, not a second one)."""
+    primaries = [c for c in record.cancers if c.role == "primary"]
+    sources = {s for c in primaries for s in (c.source, *c.merged_sources)}
+    types = {c.cancer_type for c in primaries}
+    return primaries + [
+        c
+        for c in record.cancers
+        if c.role != "primary" and c.related_primary not in sources and c.cancer_type not in types
+    ]
 
 
 def branch_condition(edge: Edge, siblings: list[Edge]) -> Condition:

@@ -42,7 +42,8 @@ class CancerFinder:
     def __init__(self, record: PatientRecord) -> None:
         self.by_source = record.cancers_by_source()
         self.stage_owner = {s.source: s.cancer_source for s in record.stages if s.cancer_source}
-        self.primaries = [c for c in record.cancers if c.role == "primary"]
+        # Primaries own treatments; a record with only a secondary cancer gives them to it.
+        self.primaries = [c for c in record.cancers if c.role == "primary"] or list(record.cancers)
 
     def __call__(self, med: MedicationEvent) -> CancerCondition | None:
         for reason in med.reasons:
