@@ -306,3 +306,94 @@ def test_pathway_info_is_complete() -> None:
     for pathway in PATHWAYS:
         info: PathwayInfo = pathway.info
         assert info.status == "demonstration" and "review" in info.disclaimer
+
+
+# -- the other four cancers ------------------------------------------------------------------------
+def _options(queries: PathwayQueries, record, step: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {o.node.id: o.status for o in queries.options(record, step)}
+
+
+def _position(queries: PathwayQueries, record, pathway: str) -> list[str]:  # type: ignore[no-untyped-def]
+    (location,) = [loc for loc in queries.locate(record) if loc.info.id == pathway]
+    return [w.node.id for w in location.position]
+
+
+def test_her2_positive_breast_gets_anti_her2_therapy(queries: PathwayQueries) -> None:
+    record = patient("breast", stage="IIA", markers={"ER": "negative", "PR": "negative", "HER2": "positive"})
+    (location,) = queries.locate(record)
+    assert "breast.her2.systemic" in [w.node.id for w in location.walk]
+    assert _options(queries, record, "breast.her2.systemic")["breast.rx.trastuzumab-pertuzumab-taxane"] == "satisfied"
+    # receptor testing incomplete: the regimen's prerequisite (ER, PR and HER2 results) is not met
+    partial = patient("breast", stage="IIA", markers={"HER2": "positive"})
+    assert _options(queries, partial, "breast.her2.systemic")["breast.rx.trastuzumab-pertuzumab-taxane"] == "unknown"
+    # hormone-receptor-positive HER2-negative disease does not walk the HER2 branch
+    luminal = patient("breast", stage="IIA", markers={"ER": "positive", "PR": "positive", "HER2": "negative"})
+    (luminal_location,) = queries.locate(luminal)
+    walked = [w.node.id for w in luminal_location.walk]
+    assert "breast.local" in walked and "breast.her2.systemic" not in walked
+
+
+def test_stage_iii_colon_after_resection_gets_adjuvant_chemotherapy(queries: PathwayQueries) -> None:
+    record = procedure(
+        patient("colon", stage="IIIB"), "43075005", "Partial resection of colon", "surgery", "2024-02-01"
+    )
+    assert _position(queries, record, "colon") == ["colon.surgery"]
+    options = _options(queries, record, "colon.adjuvant")
+    assert options["colon.rx.folfox"] == "satisfied" and options["colon.rx.capox"] == "satisfied"
+    (location,) = queries.locate(record)
+    (due,) = queries.next_steps_for(location, as_of=date(2024, 2, 10))
+    assert due.node.id == "colon.adjuvant" and due.due is not None and due.due > date(2024, 2, 1) and not due.overdue
+    oxaliplatin = queries.criteria_for(order_for("oxaliplatin", on="2024-03-01"), record)
+    assert oxaliplatin.tree is not None and oxaliplatin.tree.status == "satisfied"
+    early = procedure(patient("colon", stage="I"), "43075005", "Partial resection of colon", "surgery", "2024-02-01")
+    assert queries.criteria_for(order_for("oxaliplatin", on="2024-03-01"), early).tree.status == "unsatisfied"  # type: ignore[union-attr]
+
+
+def test_high_risk_prostate_gets_adt_with_radiation(queries: PathwayQueries) -> None:
+    record = patient("prostate", gender="male", tnm=("T3a", "N0", "M0"), markers={"PSA": 25.0, "Gleason": 8.0})
+    procedure(record, "65575008", "Biopsy of prostate", "biopsy", "2024-01-05")
+    (location,) = queries.locate(record)
+    decision = next(w for w in location.walk if w.node.id == "prostate.risk-decision")
+    assert decision.status == "decided"
+    assert "prostate.local" in [w.node.id for w in location.walk]
+    options = _options(queries, record, "prostate.local")
+    assert options["prostate.rx.adt-radiation"] == "satisfied"
+    assert options["prostate.rx.radiation-short-adt"] == "unsatisfied"  # intermediate-risk only
+
+
+def test_low_risk_prostate_goes_to_active_surveillance(queries: PathwayQueries) -> None:
+    record = patient("prostate", gender="male", tnm=("T1c", "N0", "M0"), markers={"PSA": 5.0, "Gleason": 6.0})
+    (location,) = queries.locate(record)
+    walked = [w.node.id for w in location.walk]
+    assert "prostate.active-surveillance" in walked and "prostate.local" not in walked
+
+
+def test_extensive_sclc_gets_chemo_immunotherapy(queries: PathwayQueries) -> None:
+    record = patient("sclc", stage="IVA")
+    (location,) = queries.locate(record)
+    assert "sclc.extensive.first-line" in [w.node.id for w in location.walk]
+    options = _options(queries, record, "sclc.extensive.first-line")
+    assert options["sclc.rx.platinum-etoposide-atezolizumab"] == "satisfied"
+    assert options["sclc.rx.platinum-etoposide-durvalumab"] == "satisfied"
+    limited = patient("sclc", stage="IIB")
+    assert "sclc.limited.chemoradiation" in [w.node.id for w in queries.locate(limited)[0].walk]
+
+
+@requires_data
+def test_real_patients_land_on_the_right_pathway_and_step(queries: PathwayQueries) -> None:
+    sherman = _one(synthea("Sherman"))
+    assert {loc.info.id for loc in queries.locate(sherman)} == {"prostate", "sclc"}
+    assert _position(queries, sherman, "sclc") == [
+        "sclc.limited.chemoradiation"
+    ]  # stage I = limited; cisplatin+etoposide
+    assert _position(queries, sherman, "prostate") == ["prostate.local"]  # prostatectomy, risk group never recorded
+    micah = _one(synthea("Micah"))  # only a secondary colon cancer: metastatic disease
+    assert _position(queries, micah, "colon") == ["colon.metastatic.first-line"]
+    whitney = _one(synthea("Whitney"))  # resection then leucovorin + oxaliplatin, stage never recorded
+    (location,) = queries.locate(whitney)
+    assert [w.node.id for w in location.position] == ["colon.adjuvant"] and location.position[0].inferred
+    assert {"colon.staging", "colon.biomarkers"} <= {w.node.id for w in location.skipped}
+    darin = _one(synthea("Darin"))  # colonoscopy and biopsy only
+    assert _position(queries, darin, "colon") == ["colon.workup"]
+    vito = _one(synthea("Vito"))  # a primary and its metastasis: one disease, one location
+    assert [loc.info.id for loc in queries.locate(vito)] == ["prostate"]
