@@ -1,7 +1,8 @@
-"""Renderings of a pathway for people: JSON (the file's content, normalised), DOT and Mermaid.
+"""Renderings of a pathway: JSON (the pathway file's own shape), DOT and Mermaid for people.
 
-``to_json`` is also the canonical dict form other tools (the dashboard, diffs between versions)
-read. DOT and Mermaid show steps, decisions and options with their edge conditions and timings.
+``to_json`` writes exactly what ``graph.loader.pathway_from_dict`` reads (YAML is a superset of
+JSON), so an exported or imported pathway can be saved as a pathway file and loaded back equal.
+DOT and Mermaid show steps, decisions and options with their edge conditions and timings.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ def to_json(pathway: Pathway) -> dict[str, Any]:
             "title": info.title,
             "status": info.status,
             "disclaimer": info.disclaimer,
-            "appliesWhen": condition_to_json(info.applies_when),
+            "applies_when": condition_to_json(info.applies_when),
             "start": info.start,
             "cites": [{"source": c.source, "section": c.section} for c in info.cites],
+            **({"needs_mapping": list(info.needs_mapping)} if info.needs_mapping else {}),
         },
         "sources": [
             {"id": s.id, "title": s.title, "publisher": s.publisher, "url": s.url, "accessed": s.accessed}
@@ -56,8 +58,10 @@ def _node_json(node: Node) -> dict[str, Any]:
     if node.codes:
         out["codes"] = [code_to_json(c) for c in node.codes]
     if node.done_when is not None:
-        out["doneWhen"] = condition_to_json(node.done_when)
+        out["done_when"] = condition_to_json(node.done_when)
     out["cites"] = [{"source": c.source, "section": c.section} for c in node.cites]
+    if node.needs_mapping:
+        out["needs_mapping"] = list(node.needs_mapping)
     return out
 
 
@@ -71,6 +75,8 @@ def _edge_json(edge: Edge) -> dict[str, Any]:
         out["timing"] = edge.timing.to_json()
     if edge.label:
         out["label"] = edge.label
+    if edge.needs_mapping:
+        out["needs_mapping"] = list(edge.needs_mapping)
     return out
 
 

@@ -87,7 +87,9 @@ def pathway_from_dict(data: Any, file: str = "<data>") -> Pathway:
         cites=reader.citations(head.get("cites"), "pathway.cites"),
         needs_mapping=reader.texts(head, "needs_mapping", "pathway"),
     )
-    sources = tuple(reader.source(s, f"sources[{i}]") for i, s in enumerate(reader.items(doc, "sources")))
+    # An imported pathway may have no sources yet: the validator reports that, the loader need not.
+    raw_sources = reader.items(doc, "sources", allow_empty=True)
+    sources = tuple(reader.source(s, f"sources[{i}]") for i, s in enumerate(raw_sources))
     nodes = tuple(reader.node(n, f"nodes[{i}]", i) for i, n in enumerate(reader.items(doc, "nodes")))
     edges = tuple(reader.edge(e, f"edges[{i}]", i) for i, e in enumerate(reader.items(doc, "edges")))
     seen: set[str] = set()
@@ -110,9 +112,9 @@ class _Reader:
             raise self.fail(where, "a mapping is required")
         return value
 
-    def items(self, doc: Mapping[str, Any], name: str) -> list[Any]:
+    def items(self, doc: Mapping[str, Any], name: str, allow_empty: bool = False) -> list[Any]:
         value = doc.get(name)
-        if not isinstance(value, list) or not value:
+        if not isinstance(value, list) or not (value or allow_empty):
             raise self.fail(name, "a non-empty list is required")
         return value
 

@@ -48,9 +48,24 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    """A PlanDefinition (ours or anyone's) -> a pathway file on stdout; what did not map -> stderr."""
+    from graph import export
+    from graph.plandefinition import PlanDefinitionError, from_plan_definition
+
+    try:
+        resource = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        result = from_plan_definition(resource)
+    except (OSError, ValueError, PlanDefinitionError) as exc:
+        raise ConfigError(f"cannot import {args.file}: {exc}") from None
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    sys.stdout.write(json.dumps(export.to_json(result.pathway), indent=2) + "\n")
+    return 0
+
+
 def _load(args: argparse.Namespace) -> int:
     from graph.neo4j_store import Neo4jPathwayStore
-
     from graph.validate import validate
 
     settings = load_settings()  # NEO4J_PASSWORD and friends come from the environment, never argv
@@ -98,6 +113,10 @@ def add_graph_parser(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--format", choices=["json", "dot", "mermaid", "plandefinition"], default="json")
     export.add_argument("--pathway", help="a pathway id (newest version) or id@version")
     export.set_defaults(func=_export)
+
+    imp = commands.add_parser("import", help="a FHIR PlanDefinition -> a pathway file (JSON, loadable as YAML)")
+    imp.add_argument("file", help="PlanDefinition JSON; conditions we cannot map are kept as 'needs mapping'")
+    imp.set_defaults(func=_import)
 
     load = with_dir(commands.add_parser("load", help="load pathway files into Neo4j (idempotent MERGE)"))
     load.add_argument("--neo4j-uri", help="bolt:// or neo4j:// URI (+s for TLS); default NEO4J_URI")

@@ -144,6 +144,26 @@ def test_cli_validate_and_export(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert "dangling" in capsys.readouterr().out
 
 
+def test_json_export_is_a_loadable_pathway_file() -> None:
+    for pathway in load_pathways():
+        assert pathway_from_dict(json.loads(json.dumps(to_json(pathway))), pathway.file) == pathway
+
+
+def test_cli_imports_a_foreign_plandefinition(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    fixture = Path(__file__).parent / "fixtures" / "plandefinition" / "anc-example-plandefinition-anc-contact.json"
+    assert main(["graph", "import", str(fixture)]) == 0
+    captured = capsys.readouterr()
+    assert "text/cql" in captured.err  # kept as 'needs mapping', not dropped
+    imported = pathway_from_dict(json.loads(captured.out), "anc.json")
+    assert imported.nodes and imported.info.status == "imported"
+    assert any("text/cql" in text for n in imported.nodes for text in n.needs_mapping) or any(
+        "text/cql" in text for e in imported.edges for text in e.needs_mapping
+    )
+    assert any("no source" in str(f) for f in validate([imported]))  # imported content is not yet reviewed
+    (tmp_path / "x.json").write_text('{"resourceType": "Patient"}', encoding="utf-8")
+    assert main(["graph", "import", str(tmp_path / "x.json")]) == 78
+
+
 def test_cli_load_needs_a_password_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NEO4J_PASSWORD", raising=False)
     monkeypatch.delenv("NEO4J_URI", raising=False)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from shared.therapy_lines import lines_of_therapy
 from shared.fhir.record import SNOMED, CancerCondition, Code, Demographics, FhirTime, MedicationEvent, PatientRecord
 from shared.terminology import terminology
+from shared.therapy_lines import lines_of_therapy
 
 
 def _record(*exposures: tuple[str, str], cancers=("nsclc",)) -> PatientRecord:

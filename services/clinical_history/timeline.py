@@ -20,7 +20,6 @@ from services.clinical_history.contract import (
     TextSpan,
     Timeline,
 )
-from shared.therapy_lines import lines_of_therapy
 from shared.fhir.record import (
     BiomarkerResult,
     CancerCondition,
@@ -29,6 +28,7 @@ from shared.fhir.record import (
     PatientRecord,
     StageAssessment,
 )
+from shared.therapy_lines import lines_of_therapy
 
 PROCEDURE_KINDS = {"radiation": "radiation", "chemoradiation": "radiation", "surgery": "surgery", "imaging": "imaging"}
 MENTION_KINDS = {"medication": "medication", "cancer": "diagnosis", "stage": "stage", "procedure": "procedure"}
