@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from functools import cached_property
-from typing import Literal
+from typing import Literal, TypeVar
 
 from graph.conditions import AllOf, AnyOf, Condition, Leaf, Not, describe
 from shared.fhir.record import (
@@ -31,12 +31,14 @@ from shared.fhir.record import (
 from shared.therapy_lines import EXCLUDED_STATUSES, CancerFinder, lines_of_therapy
 
 Status = Literal["satisfied", "unsatisfied", "unknown"]
+E = TypeVar("E", ProcedureEvent, MedicationEvent)
 SATISFIED: Status = "satisfied"
 UNSATISFIED: Status = "unsatisfied"
 UNKNOWN: Status = "unknown"
 
 # A diagnostic procedure (biopsy, staging scan) often precedes the diagnosis date it leads to.
 DIAGNOSTIC_LOOKBACK_DAYS = 90
+MAX_EVIDENCE = 20  # per leaf: enough to cite, not a dump of every session
 NOT_DONE = {"not-done", "entered-in-error", "cancelled", "stopped"}
 # mCODE CancerDiseaseStatus values (SNOMED CT) -> the statuses conditions speak of.
 DISEASE_STATUS_CODES = {
@@ -92,6 +94,45 @@ def combine(op: Literal["all", "any"], label: str, children: Iterable[Evaluation
     return Evaluation(status, label, op, children=kids, latest=max(dates, default=None))
 
 
+class Attribution:
+    """Which cancer each procedure and antineoplastic exposure is about, worked out once per
+    record and shared by the facts of every cancer (and every as-of date) of that record.
+
+    Treatments: the order's stated reason, else the latest cancer diagnosed on or before (as for
+    lines of therapy). Procedures: the stated reason, else the latest cancer diagnosed up to
+    ``DIAGNOSTIC_LOOKBACK_DAYS`` after the procedure (a biopsy precedes the diagnosis it leads
+    to). Primaries own both (a metastasis found the same day is part of the same disease); a
+    record with only a secondary cancer gives them to it.
+    """
+
+    def __init__(self, record: PatientRecord) -> None:
+        self.record = record
+        by_source = record.cancers_by_source()
+        owners = [c for c in record.cancers if c.role == "primary"] or record.cancers
+        onsets = sorted((c.onset.instant.toordinal(), c.source) for c in owners if c.onset)
+        self.procedures: list[tuple[int, str, ProcedureEvent]] = []  # (day ordinal, owner, event)
+        for p in record.procedures:
+            if p.start is None or p.status in NOT_DONE:
+                continue
+            day = p.start.instant.toordinal()  # hot loop: no date objects
+            owner = next((by_source[r].source for r in p.reasons if r in by_source), None) if p.reasons else None
+            if owner is None:
+                limit = day + DIAGNOSTIC_LOOKBACK_DAYS
+                for ordinal, source in onsets:  # the latest diagnosed up to the look-back limit
+                    if ordinal > limit:
+                        break
+                    owner = source
+            if owner is not None:
+                self.procedures.append((day, owner, p))
+        finder = CancerFinder(record)
+        self.exposures: list[tuple[int, str, MedicationEvent]] = []
+        for m in record.medications:
+            if m.start is not None and m.antineoplastic and m.status not in EXCLUDED_STATUSES:
+                cancer = finder(m)
+                if cancer is not None:
+                    self.exposures.append((m.start.instant.toordinal(), cancer.source, m))
+
+
 class PatientFacts:
     """The facts of one cancer of one patient, as of a date, indexed once for many evaluations."""
 
@@ -102,16 +143,23 @@ class PatientFacts:
         *,
         as_of: date | None = None,
         exclude: Iterable[str] = (),
+        attribution: Attribution | None = None,
     ) -> None:
         self.record = record
         self.cancer = cancer
         self.as_of = as_of
         self.exclude = frozenset(exclude)  # e.g. the order under review: it is not its own history
         self.sources = {cancer.source, *cancer.merged_sources}
+        self.attribution = attribution if attribution is not None and attribution.record is record else None
+        self._until = as_of.toordinal() if as_of is not None else None
 
     # -- indexes, built on first use -------------------------------------------------------------
     def _current(self, when: FhirTime | None) -> bool:
         return self.as_of is None or when is None or when.day <= self.as_of
+
+    @cached_property
+    def _attribution(self) -> Attribution:
+        return self.attribution or Attribution(self.record)
 
     @cached_property
     def stages(self) -> list[StageAssessment]:
@@ -126,22 +174,8 @@ class PatientFacts:
         return out
 
     @cached_property
-    def _owner(self) -> CancerFinder:
-        return CancerFinder(self.record)
-
-    @cached_property
     def exposures(self) -> list[MedicationEvent]:
-        return [
-            m
-            for m in self.record.medications
-            if m.antineoplastic
-            and m.start is not None
-            and m.status not in EXCLUDED_STATUSES
-            and m.source not in self.exclude
-            and self._current(m.start)
-            and (owner := self._owner(m)) is not None
-            and owner.source in self.sources
-        ]
+        return self._select(self._attribution.exposures)
 
     @cached_property
     def lines(self) -> int:
@@ -157,27 +191,19 @@ class PatientFacts:
 
     @cached_property
     def procedures(self) -> list[ProcedureEvent]:
-        """Procedures about this cancer: by stated reason, else the latest cancer diagnosed up to
-        ``DIAGNOSTIC_LOOKBACK_DAYS`` after the procedure."""
-        by_source = self.record.cancers_by_source()
-        # Primaries own procedures (a metastasis found the same day is part of the same disease);
-        # a record with only a secondary cancer gives them to it.
-        owners = [c for c in self.record.cancers if c.role == "primary"] or self.record.cancers
-        onsets = sorted(((c.onset.day.toordinal(), c) for c in owners if c.onset), key=lambda x: x[0])
-        out = []
-        for p in self.record.procedures:
-            if p.status in NOT_DONE or p.start is None or p.source in self.exclude or not self._current(p.start):
-                continue
-            owner = next((by_source[r] for r in p.reasons if r in by_source), None)
-            if owner is None:
-                limit = p.start.day.toordinal() + DIAGNOSTIC_LOOKBACK_DAYS
-                for ordinal, cancer in onsets:  # the latest diagnosed up to the limit
-                    if ordinal > limit:
-                        break
-                    owner = cancer
-            if owner is not None and owner.source in self.sources:
-                out.append(p)
-        return out
+        """Procedures about this cancer (see ``Attribution``), up to the as-of date."""
+        return self._select(self._attribution.procedures)
+
+    def _select(self, attributed: list[tuple[int, str, E]]) -> list[E]:
+        """This cancer's events up to the as-of date, without the excluded ones (hot: no calls)."""
+        sources, exclude, until = self.sources, self.exclude, self._until
+        if until is None and not exclude:
+            return [event for _, owner, event in attributed if owner in sources]
+        return [
+            event
+            for day, owner, event in attributed
+            if owner in sources and (until is None or day <= until) and event.source not in exclude
+        ]
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, cond: Condition) -> Evaluation:
@@ -324,7 +350,8 @@ class PatientFacts:
             for m in self.exposures
             if (not drugs and not classes) or drugs & set(m.ingredients) or m.drug_class in classes
         ]
-        ev = [Evidence(m.source, f"{m.drug_class} given", " + ".join(m.ingredients), _text(m.start)) for m in matching]
+        shown = matching[-MAX_EVIDENCE:]
+        ev = [Evidence(m.source, f"{m.drug_class} given", " + ".join(m.ingredients), _text(m.start)) for m in shown]
         ok = bool(matching) if (drugs or classes) else True
         if not matching:
             ev = [Evidence(self.cancer.source, "no matching systemic therapy recorded")]
@@ -332,21 +359,31 @@ class PatientFacts:
             lines = self.lines
             ev.append(Evidence(self.cancer.source, "lines of systemic therapy", str(lines)))
             ok = ok and leaf.get("min_lines", 0) <= lines <= leaf.get("max_lines", 99)
-        return (SATISFIED if ok else UNSATISFIED), ev[-20:]
+        return (SATISFIED if ok else UNSATISFIED), ev[-MAX_EVIDENCE:]
+
+    @cached_property
+    def _procedures_by(self) -> dict[object, list[ProcedureEvent]]:
+        """This cancer's procedures by category and by (system, code), in record order."""
+        index: dict[object, list[ProcedureEvent]] = {}
+        for p in self.procedures:
+            index.setdefault(p.category, []).append(p)
+            index.setdefault(p.code.key, []).append(p)
+        return index
 
     def _procedure(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
-        categories = set(leaf.get("categories", ()))
-        codes = {c.key for c in leaf.get("codes", ())}
-        found = [p for p in self.procedures if p.category in categories or p.code.key in codes]
-        return _done(found, self.cancer.source, "procedure")
+        keys = [*leaf.get("categories", ()), *(c.key for c in leaf.get("codes", ()))]
+        lists = [hits for key in keys if (hits := self._procedures_by.get(key))]
+        if len(lists) > 1:  # merge, back in record order, each procedure once
+            order = {id(p): i for i, p in enumerate(self.procedures)}
+            merged = {id(p): p for hits in lists for p in hits}
+            return _done(sorted(merged.values(), key=lambda p: order[id(p)]), self.cancer.source, "procedure")
+        return _done(lists[0] if lists else [], self.cancer.source, "procedure")
 
     def _imaging(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
         codes = {c.key for c in leaf.get("codes", ())}
         modalities = set(leaf.get("modalities", ()))
-        found: list[ProcedureEvent] = [
-            p for p in self.procedures if p.category == "imaging" and (not codes or p.code.key in codes)
-        ]
-        ev = [Evidence(p.source, p.code.display or p.code.code, None, _text(p.start)) for p in found]
+        found = [p for p in self._procedures_by.get("imaging", ()) if not codes or p.code.key in codes]
+        ev = [Evidence(p.source, p.code.display or p.code.code, None, _text(p.start)) for p in found[-MAX_EVIDENCE:]]
         start = self.cancer.onset.day.toordinal() - DIAGNOSTIC_LOOKBACK_DAYS if self.cancer.onset else None
         for study in self.record.imaging:
             if (
@@ -366,7 +403,7 @@ class PatientFacts:
                 )
         if not ev:
             return UNSATISFIED, [Evidence(self.cancer.source, "no matching imaging recorded")]
-        return SATISFIED, ev[-20:]
+        return SATISFIED, ev[-MAX_EVIDENCE:]
 
     def _disease_status(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
         mine = [
@@ -386,9 +423,8 @@ class PatientFacts:
 def _done(found: list[ProcedureEvent], fallback: str, what: str) -> tuple[Status, list[Evidence]]:
     if not found:
         return UNSATISFIED, [Evidence(fallback, f"no matching {what} recorded")]
-    return SATISFIED, [Evidence(p.source, p.code.display or p.code.code, p.category, _text(p.start)) for p in found][
-        -20:
-    ]
+    shown = found[-MAX_EVIDENCE:]  # the latest ones; a 4-year regimen has hundreds of sessions
+    return SATISFIED, [Evidence(p.source, p.code.display or p.code.code, p.category, _text(p.start)) for p in shown]
 
 
 def _text(when: FhirTime | None) -> str | None:

@@ -23,7 +23,7 @@ from datetime import date
 from typing import Literal
 
 from graph.conditions import AnyOf, Condition, Not
-from graph.facts import SATISFIED, UNKNOWN, UNSATISFIED, Evaluation, PatientFacts, Status, combine
+from graph.facts import SATISFIED, UNKNOWN, UNSATISFIED, Attribution, Evaluation, PatientFacts, Status, combine
 from graph.model import ORDERABLE, Edge, EdgeKind, Node, NodeKind, PathwayInfo, Source, StepKind
 from graph.store import PathwayStore, latest
 from shared.fhir.record import RXNORM, CancerCondition, Order, PatientRecord
@@ -124,10 +124,12 @@ class PathwayQueries:
         self.active = sorted(chosen.values(), key=lambda i: i.id)
 
     # -- which pathways ----------------------------------------------------------------------------
-    def pathways_for(self, record: PatientRecord, as_of: date | None = None) -> list[PathwayMatch]:
+    def pathways_for(
+        self, record: PatientRecord, as_of: date | None = None, attribution: Attribution | None = None
+    ) -> list[PathwayMatch]:
         out = []
         for cancer in _disease_cancers(record):
-            facts = PatientFacts(record, cancer, as_of=as_of)
+            facts = PatientFacts(record, cancer, as_of=as_of, attribution=attribution)
             for info in self.active:
                 applies = facts.evaluate(info.applies_when)
                 if applies.status != UNSATISFIED:
@@ -136,7 +138,11 @@ class PathwayQueries:
 
     # -- where the patient is ----------------------------------------------------------------------
     def locate(self, record: PatientRecord, as_of: date | None = None) -> list[Location]:
-        return [self._locate(m, PatientFacts(record, m.cancer, as_of=as_of)) for m in self.pathways_for(record, as_of)]
+        shared = Attribution(record)
+        return [
+            self._locate(m, PatientFacts(record, m.cancer, as_of=as_of, attribution=shared))
+            for m in self.pathways_for(record, as_of, shared)
+        ]
 
     def _locate(self, match: PathwayMatch, facts: PatientFacts) -> Location:
         walk = self._walk(match.info, facts)
@@ -290,8 +296,9 @@ class PathwayQueries:
         if step is None:
             raise LookupError(f"no step {step_id!r} in {key}")
         out: list[Option] = []
-        for match in (m for m in self.pathways_for(record, as_of) if m.info.key == key):
-            facts = PatientFacts(record, match.cancer, as_of=as_of)
+        shared = Attribution(record)
+        for match in (m for m in self.pathways_for(record, as_of, shared) if m.info.key == key):
+            facts = PatientFacts(record, match.cancer, as_of=as_of, attribution=shared)
             branches = self.store.edges_from(key, step_id, (EdgeKind.BRANCH,))
             for edge in branches:
                 node = self.store.node(key, edge.target)
@@ -345,11 +352,12 @@ class PathwayQueries:
         stated = {by_source[r].source for r in order.reasons if r in by_source}
         alternatives: list[Alternative] = []
         cited: dict[tuple[str, str], tuple[Source, str]] = {}
-        for match in self.pathways_for(record, as_of):
+        shared = Attribution(record)
+        for match in self.pathways_for(record, as_of, shared):
             if stated and match.cancer.source not in stated:
                 continue  # the order says which cancer it treats
             key = match.info.key
-            facts = PatientFacts(record, match.cancer, as_of=as_of, exclude=[order.reference])
+            facts = PatientFacts(record, match.cancer, as_of=as_of, exclude=[order.reference], attribution=shared)
             sources = self.store.sources(key)
             for item in self.store.find_orderables(key, keys):
                 containers = [item] + [
