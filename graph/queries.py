@@ -223,6 +223,12 @@ class PathwayQueries:
     def _branch(self, edge: Edge, siblings: list[Edge], facts: PatientFacts) -> Evaluation:
         return facts.evaluate(branch_condition(edge, siblings)) if not _unconditional(edge) else _always(edge)
 
+    def explain(self, result: Location | Criteria) -> str:
+        """A readable account of a location (with its next steps) or of an order's criteria."""
+        if isinstance(result, Criteria):
+            return explain_criteria(self.store, result)
+        return explain_location(self.store, result, self.next_steps_for(result))
+
     # -- what is due ---------------------------------------------------------------------------
     def next_steps(self, record: PatientRecord, as_of: date | None = None) -> list[NextStep]:
         today = as_of or date.today()

@@ -253,6 +253,7 @@ def test_criteria_for_an_order(queries: PathwayQueries, store: PathwayStore) -> 
     satisfied = [a for a in criteria.alternatives if a.evaluation.status == "satisfied"]
     assert [a.step.id for a in satisfied] == ["nsclc.advanced.first-line"]
     text = explain_criteria(store, criteria)
+    assert queries.explain(criteria) == text
     assert "doi.org/10.1056/NEJMoa1713137" in text and "EGFR positive" in text
 
     negative = patient("nsclc", stage="IV", markers={"EGFR": "negative"})
@@ -286,6 +287,7 @@ def test_explain_location_cites_sources(queries: PathwayQueries, store: PathwayS
     record = patient("nsclc", stage="IV", markers={"EGFR": "positive"})
     (location,) = queries.locate(record)
     text = explain_location(store, location, queries.next_steps_for(location))
+    assert queries.explain(location) == text
     assert "demonstration" in text and "https://www.cancer.gov/types/lung/hp/non-small-cell-lung-treatment-pdq" in text
     assert "Position:" in text and "[1]" in text
 
