@@ -351,7 +351,8 @@ class PathwayQueries:
         return out
 
     # -- is an order on-pathway ----------------------------------------------------------------------
-    def criteria_for(self, order: Order, record: PatientRecord) -> Criteria:
+    def criteria_for(self, order: Order, record: PatientRecord, exclude: Iterable[str] = ()) -> Criteria:
+        """``exclude``: more sources that are part of this order, not history (a whole line of therapy)."""
         as_of = order.authored.day if order.authored is not None else None
         keys = order_code_keys(order)
         by_source = record.cancers_by_source()
@@ -363,7 +364,9 @@ class PathwayQueries:
             if stated and match.cancer.source not in stated:
                 continue  # the order says which cancer it treats
             key = match.info.key
-            facts = PatientFacts(record, match.cancer, as_of=as_of, exclude=[order.reference], attribution=shared)
+            facts = PatientFacts(
+                record, match.cancer, as_of=as_of, exclude=[order.reference, *exclude], attribution=shared
+            )
             sources = self.store.sources(key)
             for item in self.store.find_orderables(key, keys):
                 containers = [item] + [

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import Field
 
-from pydantic import BaseModel, ConfigDict
-from pydantic.alias_generators import to_camel
+from shared.contract import CodeOut, Contract
 
-
-class Contract(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
-
-    def to_json(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True, mode="json")
-
-
-class CodeOut(Contract):
-    system: str
-    code: str
-    display: str | None = None
+__all__ = ["CodeOut", "Contract"]
 
 
 class PatientOut(Contract):
@@ -57,7 +45,7 @@ class CancerOut(Contract):
     stage_history: list[StageOut]
     biomarkers: list[BiomarkerOut]
     source: str
-    also_recorded_as: list[str] = []
+    also_recorded_as: list[str] = Field(default_factory=list)
 
 
 class LineOut(Contract):

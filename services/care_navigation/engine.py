@@ -1,0 +1,217 @@
+"""Care-Navigation engine: where a patient stands on each pathway, what is due, what is missing.
+
+Reads a ``PatientRecord`` and the pathway graph (through ``graph.queries``); knows nothing of HTTP.
+Gaps come in three kinds:
+- ``missing-prerequisite``: a step the walk passed without evidence (biomarkers never tested before
+  first-line therapy), or a prerequisite a done step ``requires`` that is not on record;
+- ``overdue``: a next step whose due date has passed (surveillance imaging, a referral);
+- ``missing-information``: a decision that cannot be taken for lack of a fact (no stage recorded).
+Treatments already given are checked line by line against the pathway as of their start date;
+those no pathway option supports are listed as off-pathway with the reason.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from graph.facts import SATISFIED, UNSATISFIED, Evaluation, Evidence, PatientFacts
+from graph.model import Node, Source
+from graph.queries import Criteria, Location, NextStep, PathwayQueries, WalkedNode
+from services.care_navigation.contract import (
+    CitationOut,
+    EvidenceOut,
+    GapOut,
+    NavigationOut,
+    NextStepOut,
+    OffPathwayOut,
+    PathwayOut,
+    PositionOut,
+    StepRef,
+)
+from shared.contract import CodeOut
+from shared.fhir.record import RXNORM, Code, FhirTime, Order, PatientRecord
+from shared.terminology import terminology
+from shared.therapy_lines import TherapyLine, lines_of_therapy
+
+DISCLAIMER = (
+    "Decision support from demonstration pathways written from public sources (NCI PDQ, FDA labels, "
+    "published trials); not NCCN content and not reviewed by a clinical team. A clinician decides."
+)
+
+
+def navigate(record: PatientRecord, queries: PathwayQueries, as_of: date | None = None) -> NavigationOut:
+    today = as_of or date.today()
+    lines = lines_of_therapy(record)
+    pathways = [_pathway(record, queries, location, today, lines) for location in queries.locate(record, as_of)]
+    return NavigationOut(patient=record.id, as_of=today.isoformat(), pathways=pathways, disclaimer=DISCLAIMER)
+
+
+def _pathway(
+    record: PatientRecord, queries: PathwayQueries, location: Location, today: date, lines: list[TherapyLine]
+) -> PathwayOut:
+    info, cancer = location.info, location.match.cancer
+    next_steps = queries.next_steps_for(location, today)
+    facts = PatientFacts(record, cancer, as_of=location.as_of)
+    cited: list[Node] = [w.node for w in location.position] + [s.node for s in next_steps]
+    gaps = _gaps(queries, location, next_steps, facts)
+    cited += [queries.store.node(info.key, g.step.id) for g in gaps if queries.store.node(info.key, g.step.id)]  # type: ignore[misc]
+    mine = [line for line in lines if line.cancer_source in {cancer.source, *cancer.merged_sources}]
+    return PathwayOut(
+        id=info.id,
+        version=info.version,
+        title=info.title,
+        status=info.status,
+        cancer=cancer.source,
+        cancer_code=_code(cancer.code),
+        applies=location.match.applies.status,
+        position=[_position(w) for w in location.position],
+        next_steps=[
+            NextStepOut(step=_ref(s.node), due=s.due.isoformat() if s.due else None, overdue=s.overdue, reason=s.reason)
+            for s in next_steps
+        ],
+        gaps=gaps,
+        off_pathway=[o for line in mine if (o := _off_pathway(record, queries, location, line)) is not None],
+        citations=_citations(queries.store.sources(info.key), cited),
+    )
+
+
+def _ref(node: Node) -> StepRef:
+    kind = node.step.value if node.step is not None else node.kind.value
+    return StepRef(id=node.id, title=node.title, kind=kind)
+
+
+def _code(code: Code) -> CodeOut:
+    return CodeOut(system=code.system, code=code.code, display=code.display)
+
+
+def _evidence(items: list[Evidence] | tuple[Evidence, ...]) -> list[EvidenceOut]:
+    return [EvidenceOut(source=e.source, fact=e.fact, value=e.value, date=e.date) for e in items]
+
+
+def _leaves(evaluation: Evaluation | None) -> list[Evaluation]:
+    if evaluation is None:
+        return []
+    if evaluation.op == "leaf":
+        return [evaluation]
+    return [leaf for child in evaluation.children for leaf in _leaves(child)]
+
+
+def _position(walked: WalkedNode) -> PositionOut:
+    facts = [e for leaf in _leaves(walked.evaluation) if leaf.status == SATISFIED for e in leaf.evidence]
+    return PositionOut(
+        step=_ref(walked.node),
+        status="done" if walked.done else "not-started",
+        inferred=walked.inferred,
+        since=walked.date.isoformat() if walked.date else None,
+        facts=_evidence(facts[-10:]),
+    )
+
+
+def _missing(evaluation: Evaluation | None) -> tuple[str, list[Evidence]]:
+    """What is not on record, in words, from the leaves that are not satisfied."""
+    open_leaves = [leaf for leaf in _leaves(evaluation) if leaf.status != SATISFIED]
+    words = "; ".join(e.fact for leaf in open_leaves for e in leaf.evidence[:1]) or "no evidence on record"
+    return words, [e for leaf in open_leaves for e in leaf.evidence[:1]]
+
+
+def _gaps(queries: PathwayQueries, location: Location, next_steps: list[NextStep], facts: PatientFacts) -> list[GapOut]:
+    gaps: list[GapOut] = []
+    seen: set[tuple[str, str]] = set()
+
+    def add(kind: str, node: Node, reason: str, evidence: list[Evidence] | None = None) -> None:
+        if (kind, node.id) not in seen:
+            seen.add((kind, node.id))
+            gaps.append(GapOut(kind=kind, step=_ref(node), reason=reason, evidence=_evidence(evidence or [])))
+
+    ahead = "; ".join(w.node.title for w in location.position)
+    for skipped in location.skipped:
+        words, evidence = _missing(skipped.evaluation)
+        add(
+            "missing-prerequisite",
+            skipped.node,
+            f"{skipped.node.title} not on record before {ahead}: {words}",
+            evidence,
+        )
+    for walked in location.walk:
+        if not walked.done:
+            continue
+        for requirement in queries.prerequisites(location.info.key, walked.node, facts):
+            if requirement.status != SATISFIED:
+                required = _required_node(queries, location, walked.node, requirement.label)
+                words, evidence = _missing(requirement)
+                add(
+                    "missing-prerequisite",
+                    required or walked.node,
+                    f"{requirement.label} ({walked.node.title}): {words}",
+                    evidence,
+                )
+    for step in next_steps:
+        if step.overdue and step.due is not None:
+            add("overdue", step.node, f"{step.node.title} was due {step.due.isoformat()} ({step.reason})")
+        elif step.node.kind.value == "decision":
+            add("missing-information", step.node, step.reason)
+    return gaps
+
+
+def _required_node(queries: PathwayQueries, location: Location, node: Node, label: str) -> Node | None:
+    key = location.info.key
+    for edge in queries.store.edges_from(key, node.id, ("requires",)):  # type: ignore[arg-type]
+        target = queries.store.node(key, edge.target)
+        if target is not None and label in (edge.label, f"done first: {target.title}"):
+            return target
+    return None
+
+
+def _off_pathway(
+    record: PatientRecord, queries: PathwayQueries, location: Location, line: TherapyLine
+) -> OffPathwayOut | None:
+    """A line is on-pathway when every drug in it is offered, under conditions the patient met
+    (or that cannot be ruled out) at the line's start; otherwise it is listed with the reason."""
+    reasons = []
+    terms = terminology()
+    for drug in line.drugs:
+        found = terms.drug_by_name(drug)
+        code = Code(RXNORM, found.rxcuis[0] if found and found.rxcuis else "", drug)
+        order = Order(line.sources[0], code, "completed", "order", line.start, (location.match.cancer.source,), (drug,))
+        criteria = queries.criteria_for(order, record, exclude=line.sources)
+        criteria = _only(criteria, location.info.key)
+        if criteria.tree is None:
+            reasons.append(f"{drug} is not an option of the {location.info.title} pathway")
+        elif criteria.tree.status == UNSATISFIED:
+            best = criteria.alternatives[0]
+            failing = [leaf.label for leaf in _leaves(best.evaluation) if leaf.status == UNSATISFIED]
+            reasons.append(
+                f"{drug} is offered only where it does not apply here, e.g. {best.orderable.title} "
+                f"at {best.step.title}: not met: {'; '.join(dict.fromkeys(failing))}"
+            )
+    if not reasons:
+        return None
+    start = line.start.text if isinstance(line.start, FhirTime) else str(line.start)
+    return OffPathwayOut(
+        line=line.line, regimen=line.regimen, start=start, sources=line.sources[:10], reason=" | ".join(reasons)
+    )
+
+
+def _only(criteria: Criteria, key: str) -> Criteria:
+    alternatives = tuple(a for a in criteria.alternatives if a.pathway.key == key)
+    if not alternatives:
+        return Criteria(criteria.order, (), None)
+    statuses = [a.evaluation.status for a in alternatives]
+    best = sorted(alternatives, key=lambda a: {"satisfied": 0, "unknown": 1, "unsatisfied": 2}[a.evaluation.status])
+    status = SATISFIED if SATISFIED in statuses else "unknown" if "unknown" in statuses else UNSATISFIED
+    tree = Evaluation(
+        status, criteria.tree.label if criteria.tree else "", "any", children=tuple(a.evaluation for a in best)
+    )
+    return Criteria(criteria.order, tuple(best), tree)
+
+
+def _citations(sources: dict[str, Source], nodes: list[Node]) -> list[CitationOut]:
+    out: dict[tuple[str, str], CitationOut] = {}
+    for node in nodes:
+        for c in node.cites:
+            s = sources.get(c.source)
+            if s is not None and (c.source, c.section) not in out:
+                out[(c.source, c.section)] = CitationOut(
+                    title=s.title, publisher=s.publisher, url=s.url, section=c.section
+                )
+    return list(out.values())

@@ -1,0 +1,269 @@
+"""Medical-Necessity engine: is an ordered drug, test or procedure supported by the pathway?
+
+For each order the pathway graph gives an AND/OR tree per way the item is offered
+(``graph.queries.criteria_for``). Leaves over coded data are decided there, with evidence.
+Leaves still *unknown* that name free-text terms (``text:`` in the pathway file) get the most
+relevant note/report passages and go to a judge (an LLM jury, or nobody: ``needs-review``).
+
+Determination, from the best alternative (satisfied, else unknown, else the closest miss):
+``meets`` / ``insufficient-documentation`` / ``does-not-meet``; ``not-on-any-pathway`` when no
+pathway that applies to the patient's cancers offers the item at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+from graph.facts import SATISFIED, UNKNOWN, UNSATISFIED, Evaluation, Status, combine
+from graph.model import Source
+from graph.queries import Alternative, Criteria, PathwayQueries, order_code_keys
+from services.medical_necessity.contract import (
+    CitationOut,
+    CriterionOut,
+    Determination,
+    DeterminationOut,
+    EvidenceOut,
+    JudgementOut,
+    NecessityOut,
+    OrderOut,
+    PassageOut,
+)
+from services.medical_necessity.judge import Judge, Judgement, NoJudge
+from services.medical_necessity.passages import Passage, passages_of, relevant
+from shared.contract import CodeOut
+from shared.errors import UnprocessableInput
+from shared.fhir.record import Order, PatientRecord
+from shared.terminology import terminology
+
+REVIEWABLE_STATUSES = {"draft", "active", "on-hold"}
+MAX_ALTERNATIVES = 8  # shown in the tree: best first; the rest are further routes to the same answer
+DISCLAIMER = (
+    "Determinations against demonstration pathways written from public sources (NCI PDQ, FDA labels, "
+    "published trials); not NCCN content, not payer policy, not reviewed by a clinical team."
+)
+OUTCOME: dict[Status, Determination] = {
+    SATISFIED: "meets",
+    UNKNOWN: "insufficient-documentation",
+    UNSATISFIED: "does-not-meet",
+}
+WORDS = {
+    "meets": "meets",
+    "does-not-meet": "does not meet",
+    "insufficient-documentation": "cannot be confirmed from the record against",
+    "not-on-any-pathway": "is not an option of",
+}
+
+
+def orders_to_review(record: PatientRecord, reference: str | None = None) -> list[Order]:
+    """The order asked about, or every draft/active oncology order in the record."""
+    if reference is not None:
+        found = [o for o in record.orders if o.reference == reference]
+        if not found:
+            raise UnprocessableInput(f"order {reference} is not a draft or active order in the input")
+        return found
+    terms = terminology()
+    oncology = []
+    for order in record.orders:
+        if order.status not in REVIEWABLE_STATUSES:
+            continue
+        drugs = [terms.drug_by_name(name) for name in order.ingredients]
+        if order.reference.startswith("ServiceRequest/") or any(d and d.drug_class != "supportive" for d in drugs):
+            oncology.append(order)
+    return oncology
+
+
+def assess(
+    record: PatientRecord,
+    queries: PathwayQueries,
+    orders: Iterable[Order] | None = None,
+    judge: Judge | None = None,
+) -> NecessityOut:
+    judge = judge or NoJudge()
+    chosen = list(orders) if orders is not None else orders_to_review(record)
+    texts = passages_of(record)
+    determinations = [_determine(record, queries, order, judge, texts) for order in chosen]
+    return NecessityOut(patient=record.id, determinations=determinations, disclaimer=DISCLAIMER)
+
+
+def _determine(
+    record: PatientRecord, queries: PathwayQueries, order: Order, judge: Judge, texts: list[Passage]
+) -> DeterminationOut:
+    criteria = queries.criteria_for(order, record)
+    order_out = OrderOut(
+        reference=order.reference,
+        code=CodeOut(system=order.code.system, code=order.code.code, display=order.code.display),
+        status=order.status,
+        authored=order.authored.text if order.authored else None,
+    )
+    if criteria.tree is None:
+        return _not_on_pathway(record, queries, order, order_out)
+    judged = _Judging(judge, texts)
+    alternatives = [replace(a, evaluation=judged.resolve(a.evaluation)) for a in criteria.alternatives]
+    best = _best(alternatives)
+    status = best.evaluation.status
+    determination = OUTCOME[status]
+    deciding = (
+        [] if status == SATISFIED else list(dict.fromkeys(leaf.label for leaf in _leaves(best.evaluation, status)))
+    )
+    used = [judged.verdicts[leaf.label] for leaf in _leaves(best.evaluation) if leaf.label in judged.verdicts]
+    needs_review = any(j.verdict == "needs-review" for j in used)
+    decided_by_judge = [j for j in used if j.verdict != "needs-review"]
+    confidence = min([0.95, *(0.9 * j.confidence for j in decided_by_judge)])
+    if status == UNKNOWN and needs_review:
+        confidence = 0.5  # a person may find it in the notes
+    ordered = sorted(alternatives, key=_rank)[:MAX_ALTERNATIVES]
+    tree = combine("any", criteria.tree.label, (a.evaluation for a in ordered))
+    citations = _citations(queries, best, criteria)
+    return DeterminationOut(
+        order=order_out,
+        determination=determination,
+        confidence=round(confidence, 2),
+        needs_review=needs_review,
+        pathway=best.pathway.key,
+        option=best.orderable.id,
+        deciding=deciding,
+        criteria=judged.render(tree),
+        rationale=_rationale(order, determination, best, deciding, used, len(citations)),
+        citations=citations,
+    )
+
+
+def _not_on_pathway(
+    record: PatientRecord, queries: PathwayQueries, order: Order, order_out: OrderOut
+) -> DeterminationOut:
+    matches = queries.pathways_for(record, order.authored.day if order.authored else None)
+    names = sorted({m.info.title for m in matches})
+    what = order.code.display or order.code.code or order.reference
+    if names:
+        # Say whether the item is on some *other* cancer's pathway: that is often the real mistake.
+        elsewhere = [i.title for i in queries.active if queries.store.find_orderables(i.key, order_code_keys(order))]
+        why = f"{what} is not an option of the {', '.join(names)} pathway(s) that apply to this patient"
+        if elsewhere:
+            why += f"; it appears on the {', '.join(sorted(set(elsewhere)))} pathway(s)"
+    else:
+        why = f"no pathway applies to this patient's cancers, so {what} cannot be checked"
+    return DeterminationOut(
+        order=order_out,
+        determination="not-on-any-pathway",
+        confidence=0.9 if names else 0.5,
+        needs_review=not names,
+        pathway=None,
+        option=None,
+        deciding=[],
+        criteria=None,
+        rationale=why + ". Demonstration content; a clinician decides.",
+        citations=[],
+    )
+
+
+class _Judging:
+    """Sends each free-text leaf left unknown to the judge once, and rebuilds trees with verdicts."""
+
+    def __init__(self, judge: Judge, texts: list[Passage]) -> None:
+        self.judge = judge
+        self.texts = texts
+        self.verdicts: dict[str, Judgement] = {}
+        self.passages: dict[str, list[Passage]] = {}
+
+    def resolve(self, ev: Evaluation) -> Evaluation:
+        if ev.op == "leaf":
+            if ev.status != UNKNOWN or not ev.text:
+                return ev
+            if ev.label not in self.verdicts:
+                found = relevant(self.texts, ev.text)
+                self.passages[ev.label] = found
+                self.verdicts[ev.label] = self.judge(ev.label, found)
+            verdict = self.verdicts[ev.label].verdict
+            return replace(ev, status=verdict) if verdict in (SATISFIED, UNSATISFIED) else ev
+        children = tuple(self.resolve(c) for c in ev.children)
+        if ev.op == "not":
+            inner = children[0]
+            flipped = {SATISFIED: UNSATISFIED, UNSATISFIED: SATISFIED}.get(inner.status, UNKNOWN)
+            return replace(ev, status=flipped, children=children)
+        return combine("all" if ev.op == "all" else "any", ev.label, children)
+
+    def render(self, ev: Evaluation) -> CriterionOut:
+        judgement = self.verdicts.get(ev.label) if ev.op == "leaf" else None
+        return CriterionOut(
+            op=ev.op,
+            label=ev.label,
+            status=ev.status,
+            fact=ev.fact,
+            evidence=[EvidenceOut(source=e.source, fact=e.fact, value=e.value, date=e.date) for e in ev.evidence],
+            passages=[
+                PassageOut(source=p.source, date=p.date, text=p.text, start=p.start, end=p.end, score=p.score)
+                for p in (self.passages.get(ev.label, []) if judgement else [])
+            ],
+            judgement=JudgementOut(
+                judge=judgement.judge,
+                verdict=judgement.verdict,
+                votes=list(judgement.votes),
+                confidence=judgement.confidence,
+                rationale=judgement.rationale,
+            )
+            if judgement
+            else None,
+            children=[self.render(c) for c in ev.children],
+        )
+
+
+def _leaves(ev: Evaluation, status: Status | None = None) -> list[Evaluation]:
+    if ev.op == "leaf":
+        return [ev] if status is None or ev.status == status else []
+    if ev.op == "not" and status is not None:
+        # under a NOT, the leaf that decides has the opposite status
+        inner: Status = {SATISFIED: UNSATISFIED, UNSATISFIED: SATISFIED}.get(status, status)
+        found = _leaves(ev.children[0], inner)
+        return [replace(leaf, label=f"not {leaf.label}") for leaf in found] if found else []
+    if status is not None and ev.status != status:
+        return []
+    return [leaf for child in ev.children for leaf in _leaves(child, status)]
+
+
+def _rank(alternative: Alternative) -> tuple[int, int]:
+    """Satisfied first, then unknown, then unsatisfied; within a status the closest to passing."""
+    status = alternative.evaluation.status
+    blocking = len(_leaves(alternative.evaluation, status)) if status != SATISFIED else 0
+    return ({SATISFIED: 0, UNKNOWN: 1, UNSATISFIED: 2}[status], blocking)
+
+
+def _best(alternatives: list[Alternative]) -> Alternative:
+    return min(alternatives, key=_rank)
+
+
+def _citations(queries: PathwayQueries, best: Alternative, criteria: Criteria) -> list[CitationOut]:
+    sources: dict[str, Source] = queries.store.sources(best.pathway.key)
+    out: dict[tuple[str, str], CitationOut] = {}
+    for node in (best.orderable, best.step):
+        for c in node.cites:
+            s = sources.get(c.source)
+            if s is not None:
+                out.setdefault(
+                    (c.source, c.section),
+                    CitationOut(title=s.title, publisher=s.publisher, url=s.url, section=c.section),
+                )
+    return list(out.values())
+
+
+def _rationale(
+    order: Order, determination: str, best: Alternative, deciding: list[str], judged: list[Judgement], cited: int
+) -> str:
+    what = order.code.display or order.code.code
+    head = (
+        f"{what} ({order.reference}) {WORDS[determination]} the {best.pathway.title} pathway "
+        f"(version {best.pathway.version}, demonstration content): it is offered as "
+        f"{best.orderable.title} at '{best.step.title}'"
+    )
+    if determination == "meets":
+        body = "; every criterion on that route is documented in the coded record"
+        if any(j.verdict == SATISFIED for j in judged):
+            body += ", one or more through the notes (LLM jury, see the votes)"
+    elif determination == "does-not-meet":
+        body = f"; not met: {'; '.join(deciding)}"
+    else:
+        body = f"; not documented: {'; '.join(deciding)}"
+        if any(j.verdict == "needs-review" for j in judged):
+            body += " (the most relevant note passages are attached for review)"
+    refs = " ".join(f"[{i}]" for i in range(1, cited + 1))
+    return f"{head}{body}. Sources: {refs}." if refs else f"{head}{body}."
