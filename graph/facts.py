@@ -250,25 +250,24 @@ class PatientFacts:
             # Approximation: AJCC stage IV ~ extensive stage; I-III ~ limited (see the SCLC pathway).
             values.add("extensive" if stage.stage.startswith("IV") else "limited")
         ev = [Evidence(stage.source, f"{stage.kind} stage", stage.stage, _text(stage.date))]
-        ok = any(_prefix_match(v, want) for v in values for want in leaf.params["in"])
-        return (SATISFIED if ok else UNSATISFIED), ev
+        statuses = {_match(v, leaf.params["in"]) for v in values}
+        return (SATISFIED if SATISFIED in statuses else UNKNOWN if UNKNOWN in statuses else UNSATISFIED), ev
 
     def _tnm(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
-        status: Status = SATISFIED
+        statuses: set[Status] = set()
         ev: list[Evidence] = []
         for part in ("t", "n", "m"):
             if part not in leaf.params:
                 continue
             found = next((s for s in reversed(self.stages) if getattr(s, part)), None)
             if found is None:
-                status = UNSATISFIED if status == UNSATISFIED else UNKNOWN
+                statuses.add(UNKNOWN)
                 ev.append(Evidence(self.cancer.source, f"no {part.upper()} category on record"))
                 continue
             value = _tnm_value(getattr(found, part))
             ev.append(Evidence(found.source, f"{part.upper()} category", value, _text(found.date)))
-            if not any(_prefix_match(value, want) for want in leaf.params[part]):
-                status = UNSATISFIED
-        return status, ev
+            statuses.add(_match(value, leaf.params[part]))
+        return (UNSATISFIED if UNSATISFIED in statuses else UNKNOWN if UNKNOWN in statuses else SATISFIED), ev
 
     def _metastatic(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
         ev: list[Evidence] = []
@@ -436,6 +435,17 @@ def _prefix_match(value: str, wanted: str) -> bool:
     if value == wanted:
         return True
     return value.startswith(wanted) and value[len(wanted)].upper() not in "IV"
+
+
+def _match(value: str, wanted: Iterable[str]) -> Status:
+    """A recorded stage/category against wanted ones. Recorded coarser than wanted (stage 'I'
+    against 'IB', 'T2' against 'T2a') cannot be decided: unknown, not unsatisfied."""
+    wanted = tuple(wanted)
+    if any(_prefix_match(value, w) for w in wanted):
+        return SATISFIED
+    if any(_prefix_match(w, value) for w in wanted):
+        return UNKNOWN
+    return UNSATISFIED
 
 
 def _tnm_value(raw: str) -> str:

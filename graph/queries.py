@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Literal
 
-from graph.conditions import AnyOf, Condition, Not
+from graph.conditions import AllOf, AnyOf, Condition, Not, describe
 from graph.facts import SATISFIED, UNKNOWN, UNSATISFIED, Attribution, Evaluation, PatientFacts, Status, combine
 from graph.model import ORDERABLE, Edge, EdgeKind, Node, NodeKind, PathwayInfo, Source, StepKind
 from graph.store import PathwayStore, latest
@@ -128,7 +128,7 @@ class PathwayQueries:
         self, record: PatientRecord, as_of: date | None = None, attribution: Attribution | None = None
     ) -> list[PathwayMatch]:
         out = []
-        for cancer in _disease_cancers(record):
+        for cancer in _disease_cancers(record, as_of):
             facts = PatientFacts(record, cancer, as_of=as_of, attribution=attribution)
             for info in self.active:
                 applies = facts.evaluate(info.applies_when)
@@ -176,7 +176,7 @@ class PathwayQueries:
             if node.kind is NodeKind.STEP:
                 anchor = dates.get(via.source) if via is not None else None
                 walked = self._step(node, via, facts, anchor, inferred)
-                dates[node_id] = walked.date
+                dates[node_id] = walked.date if walked.done else None
                 out.append(walked)
                 queue += [(e.target, e, inferred) for e in self.store.edges_from(key, node_id, (EdgeKind.NEXT,))]
                 continue
@@ -194,9 +194,10 @@ class PathwayQueries:
             return WalkedNode(node, "not-done", via, None, inferred)
         evaluation = facts.evaluate(node.done_when)
         done = evaluation.status == SATISFIED
-        if done and node.step is StepKind.SURVEILLANCE and anchor is not None:
-            # Surveillance is the imaging *after* treatment, not the staging scan before it.
-            done = evaluation.latest is not None and evaluation.latest > anchor
+        if done and node.step is StepKind.SURVEILLANCE:
+            # Surveillance is the imaging *after* treatment, not the staging scan before it: with no
+            # treatment on record there is nothing to survey yet.
+            done = anchor is not None and evaluation.latest is not None and evaluation.latest > anchor
         return WalkedNode(node, "done" if done else "not-done", via, evaluation, inferred)
 
     def _decide(
@@ -399,7 +400,7 @@ class PathwayQueries:
             for edge in route:
                 if edge.kind is EdgeKind.BRANCH and not _unconditional(edge):
                     siblings = self.store.edges_from(key, edge.source, (EdgeKind.BRANCH,))
-                    parts.append(facts.evaluate(branch_condition(edge, siblings)))
+                    parts.append(facts.evaluate(branch_condition(edge, siblings, prioritized=True)))
             if not _unconditional(offer):
                 parts.append(facts.evaluate(branch_condition(offer, offers)))
             parts += self.prerequisites(key, step, facts) + self.prerequisites(key, orderable, facts)
@@ -413,25 +414,35 @@ class PathwayQueries:
         return node.title if node is not None else node_id
 
 
-def _disease_cancers(record: PatientRecord) -> list[CancerCondition]:
+def _disease_cancers(record: PatientRecord, as_of: date | None = None) -> list[CancerCondition]:
     """The cancers a pathway is about: primaries, and a secondary only when its primary is not
-    on record (a metastasis of a recorded primary is that primary's disease, not a second one)."""
-    primaries = [c for c in record.cancers if c.role == "primary"]
+    on record (a metastasis of a recorded primary is that primary's disease, not a second one);
+    none diagnosed after ``as_of``."""
+    current = [c for c in record.cancers if as_of is None or c.onset is None or c.onset.day <= as_of]
+    primaries = [c for c in current if c.role == "primary"]
     sources = {s for c in primaries for s in (c.source, *c.merged_sources)}
     types = {c.cancer_type for c in primaries}
     return primaries + [
-        c
-        for c in record.cancers
-        if c.role != "primary" and c.related_primary not in sources and c.cancer_type not in types
+        c for c in current if c.role != "primary" and c.related_primary not in sources and c.cancer_type not in types
     ]
 
 
-def branch_condition(edge: Edge, siblings: list[Edge]) -> Condition:
-    """The structured condition of a branch; ``otherwise`` reads as 'none of the others'."""
+def branch_condition(edge: Edge, siblings: list[Edge], prioritized: bool = False) -> Condition:
+    """The structured condition of a branch; ``otherwise`` reads as 'none of the others'.
+
+    ``prioritized`` (a decision's branches, first satisfied wins): a branch also needs every
+    earlier sibling not to apply, exactly as the walk decides."""
     if edge.when is not None:
+        earlier = tuple(s.when for s in siblings if s.seq < edge.seq and s.when is not None)
+        if prioritized and earlier:
+            return AllOf((edge.when, Not(AnyOf(earlier), label=_none_of(earlier))), label=describe(edge.when))
         return edge.when
     others = tuple(s.when for s in siblings if s.when is not None and s != edge)
     return Not(AnyOf(others), label="none of the other branches apply")
+
+
+def _none_of(conditions: tuple[Condition, ...]) -> str:
+    return "not " + " nor ".join(describe(c) for c in conditions) + " (an earlier branch)"
 
 
 def _unconditional(edge: Edge) -> bool:

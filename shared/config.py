@@ -9,7 +9,8 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypedDict, TypeVar
+from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
 
@@ -85,6 +86,25 @@ class Settings:
     neo4j_database: str = "neo4j"
     neo4j_namespace: str = "default"
     neo4j_timeout_s: float = 10.0
+    # CDS Hooks: hook calls carry a client JWT (not a user token). Off (every hook call 401) until a
+    # key source, the accepted issuers and the public base URL (for the exact `aud`) are all set.
+    cds_base_url: str | None = None  # public base URL (with any mount prefix), e.g. https://oncotwin.example.org
+    cds_jwks_file: Path | None = None
+    cds_jwks_url: str | None = None
+    cds_allowed_jku: tuple[str, ...] = ()  # JWK Set URLs a token's `jku` header may name
+    cds_allowed_issuers: tuple[str, ...] = ()
+    cds_algorithms: tuple[str, ...] = ("RS384", "ES384")
+    cds_leeway_s: int = 30
+    cds_allowed_fhir_servers: tuple[str, ...] = ()  # empty: any https fhirServer of an authenticated client
+    cds_fhir_timeout_s: float = 10.0
+    cds_llm_judge: bool = False  # hooks answer in ~1 s: the LLM jury only when asked for
+    dashboard_base_url: str | None = None  # card links: {this}/dashboard/patients/{id}; default cds_base_url
+    redis_url: str | None = None  # shared state (CDS jti replay store) across workers
+
+    @property
+    def cds_enabled(self) -> bool:
+        """True when CDS Hooks calls can be verified (a key source is configured)."""
+        return bool(self.cds_jwks_file or self.cds_jwks_url or self.cds_allowed_jku)
 
     @property
     def local_keys(self) -> bool:
@@ -121,6 +141,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         neo4j_database=env.get("NEO4J_DATABASE") or "neo4j",
         neo4j_namespace=env.get("NEO4J_NAMESPACE") or "default",
         neo4j_timeout_s=_float(env, "NEO4J_TIMEOUT_SECONDS", 10.0),
+        **_cds(env),
     )
 
 
@@ -143,3 +164,86 @@ def _neo4j_uri(env: Mapping[str, str]) -> str | None:
     if not env.get("NEO4J_PASSWORD"):
         raise ConfigError("NEO4J_PASSWORD must be set when NEO4J_URI is set")
     return raw
+
+
+# --- CDS Hooks ----------------------------------------------------------------------------------
+
+# Asymmetric JWS algorithms only: the CDS Hooks spec forbids `none` and every symmetric (HMAC) one.
+CDS_ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"})
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(p.strip() for p in (env.get(name) or "").split(",") if p.strip()))
+
+
+def _key_urls(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """URLs keys are fetched from: https, or http on this machine (tests, sidecars); never elsewhere
+    in clear text, where anyone on the path could swap the keys."""
+    urls = _list(env, name)
+    for url in urls:
+        parts = urlsplit(url)
+        local = parts.scheme == "http" and (parts.hostname or "") in _LOOPBACK_HOSTS
+        if not (parts.scheme == "https" and parts.hostname) and not local:
+            raise ConfigError(f"{name} must list https URLs (http only on localhost), got {url!r}")
+    return urls
+
+
+class _CdsFields(TypedDict):
+    cds_base_url: str | None
+    cds_jwks_file: Path | None
+    cds_jwks_url: str | None
+    cds_allowed_jku: tuple[str, ...]
+    cds_allowed_issuers: tuple[str, ...]
+    cds_algorithms: tuple[str, ...]
+    cds_leeway_s: int
+    cds_allowed_fhir_servers: tuple[str, ...]
+    cds_fhir_timeout_s: float
+    cds_llm_judge: bool
+    dashboard_base_url: str | None
+    redis_url: str | None
+
+
+def _cds(env: Mapping[str, str]) -> _CdsFields:
+    jwks_file = env.get("CDS_JWKS_FILE") or None
+    if jwks_file and not Path(jwks_file).is_file():
+        raise ConfigError(f"CDS_JWKS_FILE points to {jwks_file!r}, which is not a file")
+    jwks_url = _key_urls(env, "CDS_JWKS_URL")
+    if len(jwks_url) > 1:
+        raise ConfigError("CDS_JWKS_URL must be one URL")
+    algorithms = tuple(a.upper() for a in _list(env, "CDS_JWT_ALGORITHMS")) or ("RS384", "ES384")
+    bad = [a for a in algorithms if a not in CDS_ASYMMETRIC_ALGORITHMS]
+    if bad:
+        allowed = ", ".join(sorted(CDS_ASYMMETRIC_ALGORITHMS))
+        raise ConfigError(f"CDS_JWT_ALGORITHMS may only name asymmetric algorithms ({allowed}), got {bad[0]!r}")
+    base = _url(env, "CDS_BASE_URL")
+    issuers = _list(env, "CDS_ALLOWED_ISSUERS")
+    allowed_jku = _key_urls(env, "CDS_ALLOWED_JKU")
+    keyed = bool(jwks_file or jwks_url or allowed_jku)
+    if keyed and not issuers:
+        raise ConfigError("CDS_ALLOWED_ISSUERS must be set when CDS_JWKS_FILE, CDS_JWKS_URL or CDS_ALLOWED_JKU is")
+    if keyed and base is None:
+        raise ConfigError("CDS_BASE_URL must be set when CDS client keys are configured (it fixes the token `aud`)")
+    if issuers and not keyed:
+        raise ConfigError("CDS_ALLOWED_ISSUERS is set but no CDS_JWKS_FILE, CDS_JWKS_URL or CDS_ALLOWED_JKU")
+    servers = _list(env, "CDS_ALLOWED_FHIR_SERVERS")
+    for server in servers:
+        if not server.startswith(("http://", "https://")):
+            raise ConfigError(f"CDS_ALLOWED_FHIR_SERVERS must list http(s) URLs, got {server!r}")
+    redis_url = (env.get("REDIS_URL") or "").strip() or None
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+    return {
+        "cds_base_url": base,
+        "cds_jwks_file": Path(jwks_file) if jwks_file else None,
+        "cds_jwks_url": jwks_url[0].rstrip("/") if jwks_url else None,
+        "cds_allowed_jku": allowed_jku,
+        "cds_allowed_issuers": issuers,
+        "cds_algorithms": algorithms,
+        "cds_leeway_s": _int(env, "CDS_LEEWAY_SECONDS", 30, minimum=0),
+        "cds_allowed_fhir_servers": tuple(s.rstrip("/") for s in servers),
+        "cds_fhir_timeout_s": _float(env, "CDS_FHIR_TIMEOUT_SECONDS", 10.0),
+        "cds_llm_judge": _bool(env, "CDS_LLM_JUDGE", False),
+        "dashboard_base_url": _url(env, "DASHBOARD_BASE_URL") or base,
+        "redis_url": redis_url,
+    }

@@ -4,7 +4,8 @@
   generic 500 OperationOutcome with a request id (the log gets the exception type and place only:
   exception text may quote PHI);
 - bodies over ``MAX_BODY_BYTES`` get 413 before they are read;
-- every route except ``/health`` needs a bearer token; ``require`` adds the scope check.
+- every route except ``/health`` needs a bearer token; ``require`` adds the scope check. Views marked
+  ``authenticates_itself`` (CDS Hooks: a client JWT, not a user token) do their own check instead.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger("oncotwin.http")
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = {FHIR_JSON, "application/json"}
 OPEN_PATHS = {"/health"}
+SELF_AUTHENTICATING = "oncotwin_authenticates_itself"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -54,7 +56,8 @@ def make_app(import_name: str, settings: Settings | None = None, verifier: Token
     @app.before_request
     def _authenticate() -> None:
         g.request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
-        if request.path in OPEN_PATHS:
+        view = current_app.view_functions.get(request.endpoint or "")
+        if request.path in OPEN_PATHS or getattr(view, SELF_AUTHENTICATING, False):
             return
         verifier_: TokenVerifier = current_app.extensions["oncotwin.verifier"]
         g.principal = verifier_.verify(request.headers.get("Authorization"))
@@ -110,6 +113,13 @@ def settings() -> Settings:
 
 def principal() -> Principal:
     return cast(Principal, g.principal)
+
+
+def authenticates_itself(view: F) -> F:
+    """Mark a view that verifies its caller itself (e.g. CDS Hooks client JWTs), so the user-token
+    check above skips it. The view must authenticate before it reads or evaluates anything."""
+    setattr(view, SELF_AUTHENTICATING, True)
+    return view
 
 
 def require(scope: str) -> Callable[[F], F]:

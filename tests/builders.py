@@ -8,8 +8,10 @@ from shared.fhir.record import (
     SNOMED,
     BiomarkerResult,
     CancerCondition,
+    ClinicalNote,
     Code,
     Demographics,
+    DiseaseStatus,
     FhirTime,
     MedicationEvent,
     Order,
@@ -118,3 +120,33 @@ def order_for(drug: str, on: str = "2024-03-01", reference: str = "MedicationReq
     assert found is not None, drug
     code = Code(RXNORM, found.rxcuis[0] if found.rxcuis else "0", drug)
     return Order(reference, code, "draft", "order", t(on), (), (found.name,))
+
+
+# mCODE CancerDiseaseStatus values (SNOMED CT), by the word the pathway conditions use.
+DISEASE_STATUS_CODES = {
+    "progression": Code(SNOMED, "271299001", "Patient's condition worsened"),
+    "stable": Code(SNOMED, "359746009", "Patient's condition stable"),
+    "response": Code(SNOMED, "268910001", "Patient's condition improved"),
+}
+
+
+def disease_status(rec: PatientRecord, status: str, on: str, source: str | None = None) -> PatientRecord:
+    """Record a coded disease status (progression, stable, response) for the first cancer."""
+    rec.disease_status.append(
+        DiseaseStatus(DISEASE_STATUS_CODES[status], t(on), source or f"Observation/status-{on}", rec.cancers[0].source)
+    )
+    return rec
+
+
+def note(rec: PatientRecord, text: str, on: str, source: str | None = None) -> PatientRecord:
+    """A plain-text clinical note (a progress note), the only place some facts are written."""
+    kind = Code(LOINC, "11506-3", "Progress note")
+    rec.notes.append(ClinicalNote(source or f"DocumentReference/note-{on}", t(on), kind, text, "text/plain"))
+    return rec
+
+
+def service_request(
+    code: str, display: str, on: str = "2024-03-01", reference: str = "ServiceRequest/s1", system: str = LOINC
+) -> Order:
+    """An order for a test or procedure (a ServiceRequest), coded in LOINC or SNOMED CT."""
+    return Order(reference, Code(system, code, display), "active", "order", t(on), ())

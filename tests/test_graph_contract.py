@@ -177,9 +177,14 @@ def test_austin_stage_i_nsclc_after_chemoradiation(queries: PathwayQueries) -> N
     record = _one(synthea("Austin"))
     (location,) = queries.locate(record)
     assert location.info.id == "nsclc"
-    assert [w.node.id for w in location.position] == ["nsclc.early.local"]
-    facts = {e.fact for w in location.position for leaf in [w.evaluation] if leaf for e in _evidence(leaf)}
-    assert any("chemoradiation" in (f or "").lower() or "radiation" in (f or "").lower() for f in facts)
+    # stage "I" without substage: IB (adjuvant therapy) cannot be ruled out, so the walk follows the
+    # chemotherapy on record into adjuvant therapy, marked inferred
+    assert [w.node.id for w in location.position] == ["nsclc.early.adjuvant"]
+    assert location.position[0].inferred
+    local = next(w for w in location.walk if w.node.id == "nsclc.early.local")
+    assert local.done and any("radiation" in (e.value or "") for e in _evidence(local.evaluation))
+    adjuvant = next(w for w in location.walk if w.node.id == "nsclc.early.adjuvant-decision")
+    assert adjuvant.status == "undetermined"
     assert "nsclc.biomarkers" in [w.node.id for w in location.skipped]  # never tested
     decision = next(w for w in location.walk if w.node.id == "nsclc.stage-decision")
     assert decision.status == "decided" and decision.evaluation is not None

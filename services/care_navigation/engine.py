@@ -145,6 +145,19 @@ def _gaps(queries: PathwayQueries, location: Location, next_steps: list[NextStep
                     f"{requirement.label} ({walked.node.title}): {words}",
                     evidence,
                 )
+    parents = {w.node.id: w.via.source for w in location.walk if w.via is not None}
+    behind: set[str] = set()  # everything upstream of the position
+    for here in location.position:
+        at = parents.get(here.node.id)
+        while at is not None and at not in behind:
+            behind.add(at)
+            at = parents.get(at)
+    for walked in location.walk:
+        if walked.status == "undetermined" and walked.node.id in behind:  # passed by inference
+            missing = sorted(
+                {leaf.label for _, ev in walked.branches for leaf in _leaves(ev) if leaf.status == "unknown"}
+            )
+            add("missing-information", walked.node, f"decide '{walked.node.title}': needs {', '.join(missing)}")
     for step in next_steps:
         if step.overdue and step.due is not None:
             add("overdue", step.node, f"{step.node.title} was due {step.due.isoformat()} ({step.reason})")

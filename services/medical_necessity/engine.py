@@ -33,7 +33,7 @@ from services.medical_necessity.judge import Judge, Judgement, NoJudge
 from services.medical_necessity.passages import Passage, passages_of, relevant
 from shared.contract import CodeOut
 from shared.errors import UnprocessableInput
-from shared.fhir.record import Order, PatientRecord
+from shared.fhir.record import FhirTime, Order, PatientRecord
 from shared.terminology import terminology
 
 REVIEWABLE_STATUSES = {"draft", "active", "on-hold"}
@@ -90,6 +90,10 @@ def _determine(
     record: PatientRecord, queries: PathwayQueries, order: Order, judge: Judge, texts: list[Passage]
 ) -> DeterminationOut:
     criteria = queries.criteria_for(order, record)
+    if order.authored is not None:
+        # The coded facts are read as of the order date; so is the free text (a later note is no support).
+        day = order.authored.day
+        texts = [p for p in texts if (when := FhirTime.parse(p.date)) is None or when.day <= day]
     order_out = OrderOut(
         reference=order.reference,
         code=CodeOut(system=order.code.system, code=order.code.code, display=order.code.display),
@@ -107,7 +111,8 @@ def _determine(
         [] if status == SATISFIED else list(dict.fromkeys(leaf.label for leaf in _leaves(best.evaluation, status)))
     )
     used = [judged.verdicts[leaf.label] for leaf in _leaves(best.evaluation) if leaf.label in judged.verdicts]
-    needs_review = any(j.verdict == "needs-review" for j in used)
+    # Only an undecided determination can turn on what a reviewer finds in the notes.
+    needs_review = status == UNKNOWN and any(j.verdict == "needs-review" for j in used)
     decided_by_judge = [j for j in used if j.verdict != "needs-review"]
     confidence = min([0.95, *(0.9 * j.confidence for j in decided_by_judge)])
     if status == UNKNOWN and needs_review:
