@@ -25,6 +25,7 @@ test: install-dev
 bench: install-dev
 	$(PY) bench/timeline_vs_validation.py
 	$(PY) bench/pathway_queries.py
+	$(PY) bench/necessity.py
 
 lint: install-dev
 	$(VENV)/bin/ruff check .

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from flask import Flask
 
+from services.care_navigation.app import blueprint as navigation
+from services.cds_hooks.app import blueprint as cds_hooks
 from services.clinical_history.app import blueprint as history
+from services.medical_necessity.app import blueprint as necessity
 from shared.config import Settings
 from shared.http import make_app
 
@@ -12,4 +15,7 @@ from shared.http import make_app
 def create_app(app_settings: Settings | None = None) -> Flask:
     app = make_app("oncotwin", app_settings)
     app.register_blueprint(history)
+    app.register_blueprint(navigation)
+    app.register_blueprint(necessity)
+    app.register_blueprint(cds_hooks)
     return app

@@ -1,18 +1,25 @@
-"""``oncotwin`` command line: timelines from files, local tokens, and the embedded system."""
+"""``oncotwin`` command line: timelines, navigation and necessity from files, local tokens, the embedded system."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from oncotwin.graph_commands import add_graph_parser
 from shared.auth import SCOPES, LocalKeys
 from shared.config import load_settings
 from shared.errors import ConfigError, OncoTwinError
+
+if TYPE_CHECKING:
+    from graph.queries import PathwayQueries
+    from shared.fhir.record import PatientRecord
 
 
 def _timeline(args: argparse.Namespace) -> int:
@@ -30,6 +37,67 @@ def _timeline(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write("\n\n".join(render_text(t) for t in timelines) + "\n")
     return 0
+
+
+def _records(args: argparse.Namespace) -> list[PatientRecord]:
+    """The patients of PATH a command is asked about: --patient, the only one, or all of them."""
+    from shared.fhir.ingest import load_path
+
+    result = load_path(Path(args.path), strict=args.strict)
+    if args.patient or len(result.records) == 1:
+        return [result.record(args.patient)]
+    return result.records
+
+
+def _emit(outputs: Sequence[Any], text: Callable[[Any], str], fmt: str) -> None:
+    if fmt == "json":
+        payload = outputs[0].to_json() if len(outputs) == 1 else [o.to_json() for o in outputs]
+        json.dump(payload, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write("\n\n".join(text(o) for o in outputs) + "\n")
+
+
+def _queries() -> PathwayQueries:
+    from graph import open_store
+    from graph.queries import PathwayQueries
+
+    return PathwayQueries(open_store(load_settings()))
+
+
+def _navigate(args: argparse.Namespace) -> int:
+    from services.care_navigation.engine import navigate
+    from services.care_navigation.text import render_text
+
+    queries = _queries()
+    _emit([navigate(rec, queries, args.as_of) for rec in _records(args)], render_text, args.format)
+    return 0
+
+
+def _necessity(args: argparse.Namespace) -> int:
+    from services.medical_necessity.engine import assess, orders_to_review
+    from services.medical_necessity.judge import LLMJury, NoJudge
+    from services.medical_necessity.text import render_text
+    from shared.llm import LLMClient
+
+    records = _records(args)
+    if args.order and len(records) > 1:  # several patients, no --patient: the one whose order it is
+        records = [r for r in records if any(o.reference == args.order for o in r.orders)] or records[:1]
+    queries = _queries()
+    client = LLMClient.from_env(os.environ)
+    judge = LLMJury(client) if client is not None else NoJudge()
+    outputs = [assess(rec, queries, orders_to_review(rec, args.order), judge) for rec in records]
+    _emit(outputs, render_text, args.format)
+    return 0
+
+
+def _date(value: str) -> date:
+    try:
+        if len(value) != 10:
+            raise ValueError
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {value!r}") from None
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -63,6 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--strict", action="store_true", help="reject the input if any resource is invalid")
     tl.add_argument("--no-notes", action="store_true", help="skip free-text note extraction")
     tl.set_defaults(func=_timeline)
+
+    nav = sub.add_parser("navigate", help="where a patient stands on the care pathways: next steps, gaps")
+    nav.add_argument("path", help="a FHIR Bundle/resource JSON file, an NDJSON file, or a folder (Bulk Data export)")
+    nav.add_argument("--patient", help="patient id (when the input holds several)")
+    nav.add_argument("--as-of", type=_date, help="evaluate as of this date (YYYY-MM-DD); default today")
+    nav.add_argument("--format", choices=["json", "text"], default="text")
+    nav.add_argument("--strict", action="store_true", help="reject the input if any resource is invalid")
+    nav.set_defaults(func=_navigate)
+
+    nec = sub.add_parser("necessity", help="medical-necessity review of draft/active oncology orders")
+    nec.add_argument("path", help="a FHIR Bundle/resource JSON file, an NDJSON file, or a folder (Bulk Data export)")
+    nec.add_argument("--patient", help="patient id (when the input holds several)")
+    nec.add_argument("--order", help="one order, MedicationRequest/<id> or ServiceRequest/<id>; default all")
+    nec.add_argument("--format", choices=["json", "text"], default="text")
+    nec.add_argument("--strict", action="store_true", help="reject the input if any resource is invalid")
+    nec.set_defaults(func=_necessity)
 
     tok = sub.add_parser("token", help="mint a bearer token signed by the local key (embedded default)")
     tok.add_argument("--subject", default="local-user")

@@ -1,0 +1,87 @@
+"""HTTP face of the Medical-Necessity twin: a blueprint and a ``create_app`` for running it alone."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import cast
+
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask.blueprints import BlueprintSetupState
+
+from services.guidance import necessity_bundle, parse_format
+from services.medical_necessity.engine import assess, orders_to_review
+from services.medical_necessity.judge import Judge, LLMJury, NoJudge
+from services.medical_necessity.openapi import openapi_document
+from services.web import pathway_queries
+from shared.access_log import log_access
+from shared.config import Settings
+from shared.errors import InvalidInput, UnprocessableInput
+from shared.fhir.ingest import load_bundle
+from shared.http import FHIR_JSON, fhir_body, flag, make_app, principal, require, settings
+from shared.llm import LLMClient
+
+blueprint = Blueprint("necessity", __name__, url_prefix="/necessity/v1")
+ACTION = "necessity.evaluate"
+JUDGE = "oncotwin.necessity.judge"
+ORDER_REF = re.compile(r"^(MedicationRequest|ServiceRequest)/[A-Za-z0-9\-.]{1,64}$")
+
+
+def judge_from_env(env: Mapping[str, str]) -> Judge:
+    """An LLM jury when ``LLM_BASE_URL`` is set, else nobody (free-text criteria go to review)."""
+    client = LLMClient.from_env(env)
+    return LLMJury(client) if client is not None else NoJudge()
+
+
+@blueprint.record_once
+def _build_judge(state: BlueprintSetupState) -> None:
+    state.app.extensions.setdefault(JUDGE, judge_from_env(os.environ))  # once per app
+
+
+def parse_order(raw: str | None) -> str | None:
+    """``order=MedicationRequest/<id>`` or ``ServiceRequest/<id>``; absent: every reviewable order."""
+    if raw is None:
+        return None
+    if not ORDER_REF.match(raw):
+        raise InvalidInput(
+            "query parameter order must be MedicationRequest/<id> or ServiceRequest/<id>", issue_code="value"
+        )
+    return raw
+
+
+@blueprint.post("/evaluate")
+@require("necessity.read")
+def evaluate() -> Response:
+    output = parse_format(request.args.get("format"))
+    reference = parse_order(request.args.get("order"))
+    patient_id = request.args.get("patient")
+    result = load_bundle(fhir_body(), strict=flag("strict", settings().strict_ingest))
+    try:
+        record = result.record(patient_id)
+    except UnprocessableInput:
+        log_access(principal(), ACTION, patient_id, "not-in-input", g.request_id)
+        raise
+    try:
+        orders = orders_to_review(record, reference)
+    except UnprocessableInput:
+        log_access(principal(), ACTION, record.id, "order-not-in-input", g.request_id)
+        raise
+    necessity = assess(record, pathway_queries(), orders, cast(Judge, current_app.extensions[JUDGE]))
+    log_access(principal(), ACTION, record.id, "ok", g.request_id)
+    if output == "fhir":
+        response = jsonify(necessity_bundle(necessity, request_id=g.request_id))
+        response.mimetype = FHIR_JSON
+        return response
+    return jsonify(necessity.to_json())
+
+
+@blueprint.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document())
+
+
+def create_app(app_settings: Settings | None = None) -> Flask:
+    app = make_app(__name__, app_settings)
+    app.register_blueprint(blueprint)
+    return app
