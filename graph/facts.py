@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Literal, TypeVar
 
 from graph.conditions import AllOf, AnyOf, Condition, Leaf, Not, describe
@@ -111,6 +111,7 @@ class Attribution:
         owners = [c for c in record.cancers if c.role == "primary"] or record.cancers
         onsets = sorted((c.onset.instant.toordinal(), c.source) for c in owners if c.onset)
         self.procedures: list[tuple[int, str, ProcedureEvent]] = []  # (day ordinal, owner, event)
+        self.procedure_index: dict[tuple[str, object], list[tuple[int, ProcedureEvent]]] = {}
         for p in record.procedures:
             if p.start is None or p.status in NOT_DONE:
                 continue
@@ -124,6 +125,8 @@ class Attribution:
                     owner = source
             if owner is not None:
                 self.procedures.append((day, owner, p))
+                for key in (p.category, p.code.key):  # lookups by category and by code, per cancer
+                    self.procedure_index.setdefault((owner, key), []).append((day, p))
         finder = CancerFinder(record)
         self.exposures: list[tuple[int, str, MedicationEvent]] = []
         for m in record.medications:
@@ -215,8 +218,7 @@ class PatientFacts:
             flipped = {SATISFIED: UNSATISFIED, UNSATISFIED: SATISFIED}.get(inner.status, UNKNOWN)
             return Evaluation(flipped, describe(cond), "not", children=(inner,), latest=inner.latest)
         status, evidence = getattr(self, f"_{cond.fact}")(cond)
-        dates = [FhirTime.parse(e.date) for e in evidence]
-        latest = max((d.day for d in dates if d is not None), default=None)
+        latest = max((d for e in evidence if e.date and (d := _day(e.date)) is not None), default=None)
         return Evaluation(
             status, describe(cond), "leaf", tuple(evidence), fact=cond.fact, text=cond.text, latest=latest
         )
@@ -360,18 +362,22 @@ class PatientFacts:
             ok = ok and leaf.get("min_lines", 0) <= lines <= leaf.get("max_lines", 99)
         return (SATISFIED if ok else UNSATISFIED), ev[-MAX_EVIDENCE:]
 
-    @cached_property
-    def _procedures_by(self) -> dict[object, list[ProcedureEvent]]:
-        """This cancer's procedures by category and by (system, code), in record order."""
-        index: dict[object, list[ProcedureEvent]] = {}
-        for p in self.procedures:
-            index.setdefault(p.category, []).append(p)
-            index.setdefault(p.code.key, []).append(p)
-        return index
+    def _procedures_by(self, key: object) -> list[ProcedureEvent]:
+        """This cancer's procedures with a category or (system, code), up to the as-of date."""
+        index, exclude, until = self._attribution.procedure_index, self.exclude, self._until
+        found = [
+            (day, p)
+            for owner in self.sources
+            for day, p in index.get((owner, key), ())
+            if (until is None or day <= until) and p.source not in exclude
+        ]
+        if len(self.sources) > 1:
+            found.sort(key=lambda pair: pair[0])
+        return [p for _, p in found]
 
     def _procedure(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
         keys = [*leaf.get("categories", ()), *(c.key for c in leaf.get("codes", ()))]
-        lists = [hits for key in keys if (hits := self._procedures_by.get(key))]
+        lists = [hits for key in keys if (hits := self._procedures_by(key))]
         if len(lists) > 1:  # merge, back in record order, each procedure once
             order = {id(p): i for i, p in enumerate(self.procedures)}
             merged = {id(p): p for hits in lists for p in hits}
@@ -381,7 +387,7 @@ class PatientFacts:
     def _imaging(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
         codes = {c.key for c in leaf.get("codes", ())}
         modalities = set(leaf.get("modalities", ()))
-        found = [p for p in self._procedures_by.get("imaging", ()) if not codes or p.code.key in codes]
+        found = [p for p in self._procedures_by("imaging") if not codes or p.code.key in codes]
         ev = [Evidence(p.source, p.code.display or p.code.code, None, _text(p.start)) for p in found[-MAX_EVIDENCE:]]
         start = self.cancer.onset.day.toordinal() - DIAGNOSTIC_LOOKBACK_DAYS if self.cancer.onset else None
         for study in self.record.imaging:
@@ -424,6 +430,13 @@ def _done(found: list[ProcedureEvent], fallback: str, what: str) -> tuple[Status
         return UNSATISFIED, [Evidence(fallback, f"no matching {what} recorded")]
     shown = found[-MAX_EVIDENCE:]  # the latest ones; a 4-year regimen has hundreds of sessions
     return SATISFIED, [Evidence(p.source, p.code.display or p.code.code, p.category, _text(p.start)) for p in shown]
+
+
+@lru_cache(maxsize=8192)
+def _day(text: str) -> date | None:
+    """The day of an evidence date (the same few strings recur across leaves: parse each once)."""
+    parsed = FhirTime.parse(text)
+    return parsed.day if parsed is not None else None
 
 
 def _text(when: FhirTime | None) -> str | None:
