@@ -15,6 +15,8 @@ install: $(VENV)/bin/python
 
 install-dev: $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# the LLM backend is its own distribution; CPU torch 2.13.0 (a local wheel on these machines)
+	$(PY) -m pip install --quiet -e 'services/llm[torch,serve,test]'
 
 run: install
 	$(VENV)/bin/oncotwin up --port $(PORT)
@@ -30,6 +32,7 @@ bench: install-dev
 lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	cd services/llm && ../../$(VENV)/bin/mypy dsbd --ignore-missing-imports --explicit-package-bases
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,21 +1,28 @@
 """Judges for criteria that only free text can decide (e.g. "progression on prior therapy").
 
 ``NoJudge`` (no LLM configured): the criterion stays undecided and is marked ``needs-review`` with
-the passages attached. ``LLMJury``: several independent votes from the shared LLM client, each
-constrained to a JSON verdict that must quote the passage it rests on; the majority wins, ties
-and failures fall back to ``needs-review``. Coded data is never overridden: judges only see
-criteria the coded evaluation left unknown.
+the passages attached. ``LLMJury``: several votes from the shared LLM client, each constrained to
+a JSON verdict that must quote the passage it rests on; the majority wins, ties and failures fall
+back to ``needs-review``. Coded data is never overridden: judges only see criteria the coded
+evaluation left unknown.
+
+Where the votes come from: with ``LLM_DSBD`` the W votes are the W beams of ONE call to the DSBD
+route (dynamic-width speculative beam decoding: one decode, W distinct candidates, each
+constrained to the verdict schema; a beam that is not a valid verdict counts as unknown). An
+endpoint without the route (e.g. a plain vLLM) falls back to one chat call per vote. An endpoint
+that is down (``LLMUnavailable`` after the client's retries, or an open breaker) gets no further
+calls; a client without retries asks every vote once.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.medical_necessity.passages import Passage
 from shared.errors import UpstreamError
-from shared.llm import LLMClient
+from shared.llm import LLMClient, LLMUnavailable
 
 VERDICT_SCHEMA = {
     "type": "object",
@@ -65,12 +72,13 @@ class LLMJury:
             },
             {"role": "user", "content": f"Criterion: {criterion}\nExcerpts:\n{quoted}"},
         ]
+        answers = self._answers(messages)
+        if answers is None:
+            return Judgement("llm-jury", "needs-review", 0.0, rationale="the LLM endpoint did not answer")
         votes: list[str] = []
-        rationale = None
-        for seed in range(self.votes):
-            try:
-                answer = self.client.chat_json(messages, VERDICT_SCHEMA, temperature=0.7, seed=seed)
-            except UpstreamError:
+        rationales: dict[str, str] = {}  # the first rationale given for each verdict
+        for answer in answers:
+            if answer is None:  # a call that failed: left out (the confidence still counts it)
                 continue
             verdict = answer.get("verdict")
             quote = str(answer.get("quote") or "")
@@ -81,12 +89,39 @@ class LLMJury:
                 and any(quote.lower() in p.text.lower() for p in passages)
             ):
                 votes.append(str(verdict))
-                rationale = rationale or str(answer.get("rationale") or "")
+                rationales.setdefault(str(verdict), str(answer.get("rationale") or ""))
             else:
                 votes.append("unknown")
         if not votes:
             return Judgement("llm-jury", "needs-review", 0.0, rationale="the LLM endpoint did not answer")
         winner, count = Counter(votes).most_common(1)[0]
+        rationale = rationales.get(winner) or next(iter(rationales.values()), None)
         if winner == "unknown" or count * 2 <= len(votes):
             return Judgement("llm-jury", "needs-review", count / self.votes, tuple(votes), rationale)
         return Judgement("llm-jury", winner, count / self.votes, tuple(votes), rationale)
+
+    def _answers(self, messages: list[dict[str, str]]) -> list[dict[str, Any] | None] | None:
+        """One parsed verdict (or None) per vote; None when the endpoint is unavailable."""
+        if self.client.use_dsbd:
+            try:
+                beams = self.client.beams_json(messages, VERDICT_SCHEMA, self.votes, temperature=0.7, seed=0)
+            except LLMUnavailable:
+                return None
+            except UpstreamError:
+                pass  # no DSBD route there (404, 400 ...): ask one vote at a time
+            else:
+                # Every beam is a vote: one that is not a verdict object counts as unknown.
+                return [b if b is not None else {"verdict": "unknown"} for b in beams[: self.votes]]
+        answers: list[dict[str, Any] | None] = []
+        for seed in range(self.votes):
+            try:
+                answers.append(self.client.chat_json(messages, VERDICT_SCHEMA, temperature=0.7, seed=seed))
+            except LLMUnavailable:
+                if self.client.max_retries or self.client.breaker.state != "closed":
+                    break  # a call that spent its retries, or an open breaker: the endpoint is down now
+                answers.append(None)
+            except UpstreamError:
+                answers.append(None)
+        if not any(a is not None for a in answers):
+            return None
+        return answers
