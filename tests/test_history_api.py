@@ -291,3 +291,28 @@ def test_timeline_pulled_from_a_fhir_server(fhir_server, settings, mint, monkeyp
 
 def test_no_fhir_server_configured_is_503(client, auth):
     assert_outcome(client.get("/history/v1/patients/abc/timeline", headers=auth), 503, "FHIR_BASE_URL")
+
+
+@requires_data
+def test_notes_summary_only_when_asked_and_never_failing(client, auth, monkeypatch):
+    from services.clinical_history import app as history_app
+    from services.clinical_history.summary import NotesSummary
+
+    url = "/history/v1/timeline"
+    body = synthea("Austin_Franecki").read_bytes()
+    headers = auth | {"Content-Type": "application/json"}
+    assert client.post(url, data=body, headers=headers).get_json()["notesSummary"] is None
+    # asked for, but no LLM configured (or it is down): the timeline still answers, without a summary
+    monkeypatch.delenv("LLM_BASE_URL", raising=False)
+    response = client.post(url + "?summary=true", data=body, headers=headers)
+    assert response.status_code == 200 and response.get_json()["notesSummary"] is None
+    calls = []
+
+    def fake(record, llm):
+        calls.append(record.id)
+        return NotesSummary("Stage I NSCLC on cisplatin and paclitaxel.", ("DocumentReference/n1",), "tiny")
+
+    monkeypatch.setattr(history_app, "summarize_notes", fake)
+    summary = client.post(url + "?summary=true", data=body, headers=headers).get_json()["notesSummary"]
+    assert summary["text"].startswith("Stage I NSCLC") and summary["sources"] == ["DocumentReference/n1"]
+    assert "verify" in summary["disclaimer"] and len(calls) == 1

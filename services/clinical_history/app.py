@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response, g, jsonify, request
+import os
 
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+
+from services.clinical_history.contract import NotesSummaryOut
 from services.clinical_history.openapi import openapi_document
+from services.clinical_history.summary import summarize_notes
 from services.clinical_history.timeline import build_timeline
 from shared.access_log import log_access
 from shared.config import Settings
@@ -12,8 +16,17 @@ from shared.errors import UnprocessableInput
 from shared.fhir.ingest import IngestResult, load_bundle, load_resources
 from shared.fhir.server import FhirServerClient
 from shared.http import fhir_body, flag, make_app, principal, require, settings
+from shared.llm import LLMClient
 
 blueprint = Blueprint("history", __name__, url_prefix="/history/v1")
+
+
+def _llm() -> LLMClient | None:
+    """The app's LLM client (None when LLM_BASE_URL is unset), built once."""
+    if "oncotwin.llm" not in current_app.extensions:
+        current_app.extensions["oncotwin.llm"] = LLMClient.from_env(os.environ)
+    client: LLMClient | None = current_app.extensions["oncotwin.llm"]
+    return client
 
 
 def _respond(result: IngestResult, action: str, patient_id: str | None) -> Response:
@@ -23,6 +36,13 @@ def _respond(result: IngestResult, action: str, patient_id: str | None) -> Respo
         log_access(principal(), action, patient_id, "not-in-input", g.request_id)
         raise
     timeline = build_timeline(record, include_notes=flag("notes", True))
+    if flag("summary", False):  # an LLM call: asked for explicitly, and never fails the timeline
+        summary = summarize_notes(record, _llm())
+        if summary is not None:
+            out = NotesSummaryOut(
+                text=summary.text, sources=list(summary.sources), model=summary.model, disclaimer=summary.disclaimer
+            )
+            timeline = timeline.model_copy(update={"notes_summary": out})
     log_access(principal(), action, record.id, "ok", g.request_id)
     return jsonify(timeline.to_json())
 

@@ -90,12 +90,20 @@ class IssueOut(Contract):
     message: str
 
 
+class NotesSummaryOut(Contract):
+    text: str
+    sources: list[str]  # the notes summarised, newest first
+    model: str
+    disclaimer: str
+
+
 class Timeline(Contract):
     patient: PatientOut
     cancers: list[CancerOut]
     lines_of_therapy: list[LineOut]
     events: list[EventOut]
     issues: list[IssueOut]
+    notes_summary: NotesSummaryOut | None = None  # only with ?summary=true and an LLM configured
     disclaimer: str = (
         "Demonstration output of OncoTwin: derived automatically from the record; "
         "requires review by the treating clinical team."
