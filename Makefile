@@ -4,7 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8080
 
-.PHONY: run test bench lint install install-dev clean
+.PHONY: run test bench bench-llm lint install install-dev clean
+
+LLM_MODELS ?= var/dsbd-models
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +30,12 @@ bench: install-dev
 	$(PY) bench/timeline_vs_validation.py
 	$(PY) bench/pathway_queries.py
 	$(PY) bench/necessity.py
+
+# Trains the small target/draft pair on ../shared/data once (about 7 minutes on 2 cores), then
+# compares DSBD, beam sampling and one-token-per-step beam search (services/llm/docs/benchmarks.md).
+bench-llm: install-dev
+	test -f $(LLM_MODELS)/draft/config.json || $(PY) -m dsbd.train --data ../shared/data --out $(LLM_MODELS)
+	$(PY) services/llm/bench/bench_dsbd.py --models $(LLM_MODELS) --widths 2 4 --prompts 32 --max-tokens 64
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
