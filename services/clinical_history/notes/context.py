@@ -9,6 +9,7 @@ it reaches. Triggers that overlap a mention are ignored: the words belong to the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from spacy.language import Language
@@ -36,9 +37,9 @@ class ConText:
             self.matcher.add(key, [nlp.make_doc(rule.literal)])
             self.rules[nlp.vocab.strings[key]] = rule
 
-    def _triggers(self, doc: Doc) -> list[tuple[Span, ContextRule]]:
+    def _triggers(self, doc: Doc, mentions: Sequence[Span]) -> list[tuple[Span, ContextRule]]:
         spans = [Span(doc, start, end, label=match_id) for match_id, start, end in self.matcher(doc)]
-        occupied = {i for ent in doc.ents for i in range(ent.start, ent.end)}
+        occupied = {i for ent in mentions for i in range(ent.start, ent.end)}
         return [
             (span, self.rules[span.label])
             for span in sorted(filter_spans(spans), key=lambda s: s.start)
@@ -49,9 +50,23 @@ class ConText:
         ents = doc.ents
         if not ents:
             return doc
-        triggers = self._triggers(doc)
+        scopes = self.scopes(doc, ents)
+        for ent in ents:
+            for begin, end, flag in scopes:
+                if ent.start < end and ent.end > begin:
+                    setattr(ent._, flag, True)
+        return doc
+
+    def scopes(self, doc: Doc, mentions: Sequence[Span]) -> list[tuple[int, int, str]]:
+        """The (first token, end token, flag) of every modifier's scope in ``doc``.
+
+        Triggers overlapping one of ``mentions`` are ignored (the words belong to the mention);
+        callers that keep overlapping mentions outside ``doc.ents`` (the radiology labeler) pass
+        their own list.
+        """
+        triggers = self._triggers(doc, mentions)
         if not triggers:
-            return doc
+            return []
         starts = sentence_starts(doc)
         scopes: list[tuple[int, int, str]] = []  # (first token, end token, flag) of every modifier
         for span, rule in triggers:
@@ -70,11 +85,7 @@ class ConText:
                 if rule.max_scope:
                     begin = max(begin, span.start - rule.max_scope)
                 scopes.append((begin, span.start, flag))
-        for ent in ents:
-            for begin, end, flag in scopes:
-                if ent.start < end and ent.end > begin:
-                    setattr(ent._, flag, True)
-        return doc
+        return scopes
 
 
 def make_context(nlp: Language, name: str, rules_path: str = "") -> ConText:
