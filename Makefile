@@ -30,6 +30,7 @@ bench: install-dev
 	$(PY) bench/timeline_vs_validation.py
 	$(PY) bench/pathway_queries.py
 	$(PY) bench/necessity.py
+	$(PY) bench/radiology.py
 
 # Trains the small target/draft pair on ../shared/data once (about 7 minutes on 2 cores), then
 # compares DSBD, beam sampling and one-token-per-step beam search (services/llm/docs/benchmarks.md).

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from oncotwin.graph_commands import add_graph_parser
+from oncotwin.radiology_commands import add_radiology_parser
 from shared.auth import SCOPES, LocalKeys
 from shared.config import load_settings
 from shared.errors import ConfigError, OncoTwinError
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=_up)
 
     add_graph_parser(sub)
+    add_radiology_parser(sub)
     return parser
 
 
