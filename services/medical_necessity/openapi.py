@@ -1,43 +1,23 @@
-"""OpenAPI 3 description of the Medical-Necessity API, with schemas generated from the contract."""
+"""OpenAPI 3 description of the Medical-Necessity twin API, with schemas generated from the contract."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic.json_schema import models_json_schema
-
 from services.medical_necessity.contract import NecessityOut
+from shared.openapi import FHIR_BODY, PATIENT, STRICT, contract_schemas, document, error_texts, outcomes, query
 
-_ERRORS = {
-    "400": "Not JSON, not FHIR, not a Bundle, a resource breaks its R4 schema (strict mode), or a bad query "
-    "parameter (order not MedicationRequest/<id> or ServiceRequest/<id>, format not json/fhir)",
-    "401": "Missing, expired or forged bearer token",
-    "403": "Token lacks scope necessity.read",
-    "413": "Body larger than MAX_BODY_BYTES",
-    "415": "Content-Type is not application/fhir+json or application/json",
-    "422": "Valid FHIR without a usable Patient, the requested patient is not in the input, or the requested "
-    "order is not a draft or active order of that patient",
-}
-
-OPERATION_OUTCOME = {
-    "type": "object",
-    "description": "FHIR R4 OperationOutcome",
-    "properties": {
-        "resourceType": {"const": "OperationOutcome"},
-        "issue": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "severity": {"type": "string"},
-                    "code": {"type": "string"},
-                    "diagnostics": {"type": "string"},
-                    "expression": {"type": "array", "items": {"type": "string"}},
-                },
-            },
-        },
-    },
-}
+ERRORS = error_texts(
+    "necessity.read",
+    bad_request=", or a bad query parameter (order not MedicationRequest/<id> or ServiceRequest/<id>, "
+    "format not json/fhir)",
+    unprocessable=", or the requested order is not a draft or active order of that patient",
+)
+FORMAT = query(
+    "format",
+    {"type": "string", "enum": ["json", "fhir"], "default": "json"},
+    "json: the necessity contract; fhir: a Bundle of GuidanceResponse + RequestGroup",
+)
 
 GUIDANCE_BUNDLE = {
     "type": "object",
@@ -73,93 +53,47 @@ GUIDANCE_BUNDLE = {
 }
 
 
-def _outcomes(*codes: str) -> dict[str, Any]:
-    return {
-        code: {
-            "description": _ERRORS[code],
-            "content": {"application/fhir+json": {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}},
-        }
-        for code in codes
-    }
-
-
 def openapi_document() -> dict[str, Any]:
-    _, defs = models_json_schema(
-        [(NecessityOut, "serialization")], by_alias=True, ref_template="#/components/schemas/{model}"
-    )
-    schemas: dict[str, Any] = defs.get("$defs", {})
-    schemas["OperationOutcome"] = OPERATION_OUTCOME
+    schemas = contract_schemas([NecessityOut])
     schemas["GuidanceBundle"] = GUIDANCE_BUNDLE
-    parameters = [
-        {
-            "name": "patient",
-            "in": "query",
-            "schema": {"type": "string"},
-            "description": "Patient id, when the bundle holds several patients",
+    content = {
+        "application/json": {"schema": {"$ref": "#/components/schemas/NecessityOut"}},
+        "application/fhir+json": {"schema": {"$ref": "#/components/schemas/GuidanceBundle"}},
+    }
+    paths = {
+        "/evaluate": {
+            "post": {
+                "summary": "Review the orders of a patient in a posted FHIR Bundle (any Bundle type)",
+                "parameters": [
+                    PATIENT,
+                    query(
+                        "order",
+                        {"type": "string", "pattern": "^(MedicationRequest|ServiceRequest)/[A-Za-z0-9\\-.]{1,64}$"},
+                        "The one order to review; default: every draft, active or on-hold oncology order",
+                    ),
+                    STRICT,
+                    FORMAT,
+                ],
+                "requestBody": FHIR_BODY,
+                "responses": {
+                    "200": {"description": "One determination per reviewed order", "content": content},
+                    **outcomes(ERRORS, "400", "401", "403", "413", "415", "422"),
+                },
+            }
         },
-        {
-            "name": "order",
-            "in": "query",
-            "schema": {"type": "string", "pattern": "^(MedicationRequest|ServiceRequest)/[A-Za-z0-9\\-.]{1,64}$"},
-            "description": "The one order to review; default: every draft, active or on-hold oncology order",
-        },
-        {
-            "name": "strict",
-            "in": "query",
-            "schema": {"type": "boolean"},
-            "description": "Reject the whole input if any resource is invalid",
-        },
-        {
-            "name": "format",
-            "in": "query",
-            "schema": {"type": "string", "enum": ["json", "fhir"], "default": "json"},
-            "description": "json: the necessity contract; fhir: a Bundle of GuidanceResponse + RequestGroup",
-        },
-    ]
-    return {
-        "openapi": "3.0.3",
-        "info": {
-            "title": "OncoTwin Medical-Necessity twin",
-            "version": "1.0.0",
-            "description": "Whether ordered drugs, tests and procedures are supported by the care pathways, with "
-            "the criteria that decided it and their evidence, from FHIR R4. Demonstration content: requires "
-            "clinical review before use; not payer policy.",
-        },
-        "servers": [{"url": "/necessity/v1"}],
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-        },
-        "security": [{"bearer": ["necessity.read"]}],
-        "paths": {
-            "/evaluate": {
-                "post": {
-                    "summary": "Review the orders of a patient in a posted FHIR Bundle (any Bundle type)",
-                    "parameters": parameters,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/fhir+json": {"schema": {"type": "object"}},
-                            "application/json": {"schema": {"type": "object"}},
-                        },
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "One determination per reviewed order",
-                            "content": {
-                                "application/json": {"schema": {"$ref": "#/components/schemas/NecessityOut"}},
-                                "application/fhir+json": {"schema": {"$ref": "#/components/schemas/GuidanceBundle"}},
-                            },
-                        },
-                        **_outcomes("400", "401", "403", "413", "415", "422"),
-                    },
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "responses": {"200": {"description": "OpenAPI 3 document"}, **_outcomes("401")},
-                }
-            },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3 document"}, **outcomes(ERRORS, "401")},
+            }
         },
     }
+    return document(
+        "OncoTwin Medical-Necessity twin",
+        "Whether ordered drugs, tests and procedures are supported by the care pathways, with the criteria "
+        "that decided it and their evidence, from FHIR R4; not payer policy.",
+        "/necessity/v1",
+        "necessity.read",
+        schemas,
+        paths,
+    )

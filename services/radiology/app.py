@@ -13,6 +13,7 @@ from shared.access_log import log_access
 from shared.config import Settings
 from shared.errors import InvalidInput, PayloadTooLarge
 from shared.http import fhir_body, make_app, principal, require, settings
+from shared.openapi import OPERATION_OUTCOME
 
 blueprint = Blueprint("radiology", __name__, url_prefix="/radiology/v1")
 ACTION = "radiology.classify"
@@ -57,7 +58,7 @@ def classify_batch() -> Response:
     body = _json_body()
     items = body.get("reports") if isinstance(body, dict) else None
     if not isinstance(items, list) or not items:
-        raise InvalidInput("body must be {\"reports\": [...]} with at least one report", issue_code="structure")
+        raise InvalidInput('body must be {"reports": [...]} with at least one report', issue_code="structure")
     if len(items) > MAX_BATCH:
         raise PayloadTooLarge(f"a batch holds at most {MAX_BATCH} reports; got {len(items)}")
     reports = [report_from_json(item, str(i), f"reports[{i}].") for i, item in enumerate(items)]
@@ -143,8 +144,6 @@ def _responses(ok: dict[str, Any]) -> dict[str, Any]:
 
 
 def openapi_document() -> dict[str, Any]:
-    from services.care_navigation.openapi import OPERATION_OUTCOME
-
     return {
         "openapi": "3.0.3",
         "info": {
@@ -173,16 +172,21 @@ def openapi_document() -> dict[str, Any]:
                                 "schema": {
                                     "type": "object",
                                     "required": ["reports"],
-                                    "properties": {"reports": {"type": "array", "maxItems": MAX_BATCH,
-                                                               "items": _REPORT_IN}},
+                                    "properties": {
+                                        "reports": {"type": "array", "maxItems": MAX_BATCH, "items": _REPORT_IN}
+                                    },
                                 }
                             }
                         },
                     },
-                    "responses": _responses({
-                        "type": "object",
-                        "properties": {"results": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}}},
-                    }),
+                    "responses": _responses(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "results": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}}
+                            },
+                        }
+                    ),
                 }
             },
         },
