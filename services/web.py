@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from flask import current_app
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Response, current_app, g, jsonify, request
 
 from graph import open_store
 from graph.queries import PathwayQueries
-from shared.http import settings
+from shared.access_log import log_access
+from shared.contract import Contract
+from shared.errors import UnprocessableInput
+from shared.fhir.ingest import load_bundle
+from shared.fhir.record import PatientRecord
+from shared.http import FHIR_JSON, fhir_body, flag, principal, settings
 
 EXTENSION = "oncotwin.pathways"
+C = TypeVar("C", bound=Contract)
 
 
 def pathway_queries() -> PathwayQueries:
@@ -17,3 +26,23 @@ def pathway_queries() -> PathwayQueries:
     if queries is None:
         queries = current_app.extensions[EXTENSION] = PathwayQueries(open_store(settings()))
     return queries
+
+
+def posted_record(action: str) -> PatientRecord:
+    """The patient of the posted FHIR Bundle (``?patient=`` picks one of several; ``?strict=``)."""
+    patient_id = request.args.get("patient")
+    result = load_bundle(fhir_body(), strict=flag("strict", settings().strict_ingest))
+    try:
+        return result.record(patient_id)
+    except UnprocessableInput:
+        log_access(principal(), action, patient_id, "not-in-input", g.request_id)
+        raise
+
+
+def answer(output: str, contract: C, as_fhir: Callable[..., dict[str, Any]]) -> Response:
+    """The contract as JSON, or (``format=fhir``) its FHIR rendering as ``application/fhir+json``."""
+    if output != "fhir":
+        return jsonify(contract.to_json())
+    response = jsonify(as_fhir(contract, request_id=g.request_id))
+    response.mimetype = FHIR_JSON
+    return response

@@ -10,12 +10,11 @@ from flask import Blueprint, Flask, Response, g, jsonify, request
 from services.care_navigation.engine import navigate
 from services.care_navigation.openapi import openapi_document
 from services.guidance import navigation_bundle, parse_format
-from services.web import pathway_queries
+from services.web import answer, pathway_queries, posted_record
 from shared.access_log import log_access
 from shared.config import Settings
-from shared.errors import InvalidInput, UnprocessableInput
-from shared.fhir.ingest import load_bundle
-from shared.http import FHIR_JSON, fhir_body, flag, make_app, principal, require, settings
+from shared.errors import InvalidInput
+from shared.http import make_app, principal, require
 
 blueprint = Blueprint("navigation", __name__, url_prefix="/navigation/v1")
 ACTION = "navigation.evaluate"
@@ -39,20 +38,10 @@ def parse_as_of(raw: str | None) -> date | None:
 def evaluate() -> Response:
     output = parse_format(request.args.get("format"))
     as_of = parse_as_of(request.args.get("asOf"))
-    patient_id = request.args.get("patient")
-    result = load_bundle(fhir_body(), strict=flag("strict", settings().strict_ingest))
-    try:
-        record = result.record(patient_id)
-    except UnprocessableInput:
-        log_access(principal(), ACTION, patient_id, "not-in-input", g.request_id)
-        raise
+    record = posted_record(ACTION)
     navigation = navigate(record, pathway_queries(), as_of)
     log_access(principal(), ACTION, record.id, "ok", g.request_id)
-    if output == "fhir":
-        response = jsonify(navigation_bundle(navigation, request_id=g.request_id))
-        response.mimetype = FHIR_JSON
-        return response
-    return jsonify(navigation.to_json())
+    return answer(output, navigation, navigation_bundle)
 
 
 @blueprint.get("/openapi.json")

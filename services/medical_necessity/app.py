@@ -14,12 +14,11 @@ from services.guidance import necessity_bundle, parse_format
 from services.medical_necessity.engine import assess, orders_to_review
 from services.medical_necessity.judge import Judge, LLMJury, NoJudge
 from services.medical_necessity.openapi import openapi_document
-from services.web import pathway_queries
+from services.web import answer, pathway_queries, posted_record
 from shared.access_log import log_access
 from shared.config import Settings
 from shared.errors import InvalidInput, UnprocessableInput
-from shared.fhir.ingest import load_bundle
-from shared.http import FHIR_JSON, fhir_body, flag, make_app, principal, require, settings
+from shared.http import make_app, principal, require
 from shared.llm import LLMClient
 
 blueprint = Blueprint("necessity", __name__, url_prefix="/necessity/v1")
@@ -55,13 +54,7 @@ def parse_order(raw: str | None) -> str | None:
 def evaluate() -> Response:
     output = parse_format(request.args.get("format"))
     reference = parse_order(request.args.get("order"))
-    patient_id = request.args.get("patient")
-    result = load_bundle(fhir_body(), strict=flag("strict", settings().strict_ingest))
-    try:
-        record = result.record(patient_id)
-    except UnprocessableInput:
-        log_access(principal(), ACTION, patient_id, "not-in-input", g.request_id)
-        raise
+    record = posted_record(ACTION)
     try:
         orders = orders_to_review(record, reference)
     except UnprocessableInput:
@@ -69,11 +62,7 @@ def evaluate() -> Response:
         raise
     necessity = assess(record, pathway_queries(), orders, cast(Judge, current_app.extensions[JUDGE]))
     log_access(principal(), ACTION, record.id, "ok", g.request_id)
-    if output == "fhir":
-        response = jsonify(necessity_bundle(necessity, request_id=g.request_id))
-        response.mimetype = FHIR_JSON
-        return response
-    return jsonify(necessity.to_json())
+    return answer(output, necessity, necessity_bundle)
 
 
 @blueprint.get("/openapi.json")
