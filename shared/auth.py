@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import jwt
 import requests
@@ -36,6 +36,8 @@ from jwt.algorithms import ECAlgorithm
 
 from shared.config import Settings
 from shared.errors import ConfigError, Forbidden, Unauthorized, UpstreamError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -236,28 +238,38 @@ class _KeySource(Protocol):
     def keys(self, *, refresh: bool = False) -> list[_Key]: ...
 
 
-class _FileJwks:
-    """A JWKS on disk, re-read when its mtime changes so keys can rotate without a restart."""
+class WatchedJwksFile(Generic[T]):
+    """A JWK Set on disk, re-read when its mtime changes so keys rotate without a restart; a broken
+    or empty rewrite keeps the last good keys. ``parse`` turns the JSON document into key entries."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, parse: Callable[[Any], list[T]], empty: str) -> None:
         self.path = path
+        self._parse = parse
         self._lock = threading.Lock()
         self._mtime: int | None = None
-        self._keys: list[_Key] = []
-        if not self.keys():
-            raise ConfigError(f"{path} holds no usable RS256/ES256 signing key")
+        self._items: list[T] = []
+        if not self.read():
+            raise ConfigError(empty)
 
-    def keys(self, *, refresh: bool = False) -> list[_Key]:
+    def read(self) -> list[T]:
         with self._lock:
             try:
                 mtime = self.path.stat().st_mtime_ns
                 if mtime != self._mtime:
-                    parsed = _parse_jwks(json.loads(self.path.read_bytes()))
-                    if parsed:  # a broken rewrite keeps the last good keys
-                        self._keys, self._mtime = parsed, mtime
+                    parsed = self._parse(json.loads(self.path.read_bytes()))
+                    if parsed:
+                        self._items, self._mtime = parsed, mtime
             except (OSError, ValueError):
                 log.warning("cannot read JWKS file %s; keeping previous keys", self.path)
-            return self._keys
+            return self._items
+
+
+class _FileJwks:
+    def __init__(self, path: Path) -> None:
+        self._file = WatchedJwksFile(path, _parse_jwks, f"{path} holds no usable RS256/ES256 signing key")
+
+    def keys(self, *, refresh: bool = False) -> list[_Key]:
+        return self._file.read()
 
 
 class _RemoteJwks:

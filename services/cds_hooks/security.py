@@ -34,6 +34,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from shared.auth import WatchedJwksFile
 from shared.config import CDS_ASYMMETRIC_ALGORITHMS, Settings
 from shared.errors import ConfigError, Unauthorized, UpstreamError
 
@@ -140,27 +141,13 @@ class _JwkSource(Protocol):
 
 
 class FileJwks:
-    """A JWK Set on disk, re-read when it changes so client keys rotate without a restart."""
+    """``CDS_JWKS_FILE``: the client keys on disk, re-read when they change (see ``WatchedJwksFile``)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._mtime: int | None = None
-        self._entries: list[dict[str, Any]] = []
-        if not self.entries():
-            raise ConfigError(f"CDS_JWKS_FILE {path} holds no key with a kid")
+        self._file = WatchedJwksFile(path, _jwk_entries, f"CDS_JWKS_FILE {path} holds no key with a kid")
 
     def entries(self, *, refresh: bool = False) -> list[dict[str, Any]]:
-        with self._lock:
-            try:
-                mtime = self.path.stat().st_mtime_ns
-                if mtime != self._mtime:
-                    parsed = _jwk_entries(json.loads(self.path.read_bytes()))
-                    if parsed:  # a broken rewrite keeps the last good keys
-                        self._entries, self._mtime = parsed, mtime
-            except (OSError, ValueError):
-                log.warning("cannot read CDS_JWKS_FILE; keeping previous keys")
-            return self._entries
+        return self._file.read()
 
 
 class RemoteJwks:
