@@ -96,3 +96,49 @@ def document(
         "security": [{"bearer": [scope]}],
         "paths": paths,
     }
+
+
+def collection_bundle(description: str, resource_types: list[str]) -> dict[str, Any]:
+    """Schema of a FHIR Bundle of type collection holding the named resource types."""
+    resource = {"type": "object", "properties": {"resourceType": {"enum": resource_types}}}
+    entry = {"type": "object", "properties": {"fullUrl": {"type": "string"}, "resource": resource}}
+    return {
+        "type": "object",
+        "description": description,
+        "properties": {
+            "resourceType": {"const": "Bundle"},
+            "type": {"const": "collection"},
+            "timestamp": {"type": "string"},
+            "entry": {"type": "array", "items": entry},
+        },
+    }
+
+
+def evaluate_paths(
+    summary: str, parameters: list[dict[str, Any]], ok: str, contract: str, errors: dict[str, str]
+) -> dict[str, Any]:
+    """``POST /evaluate`` (a posted Bundle -> the contract as JSON, or a GuidanceBundle with
+    ``format=fhir``) and ``GET /openapi.json``: the shape both decision twins share."""
+    content = {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{contract}"}},
+        "application/fhir+json": {"schema": {"$ref": "#/components/schemas/GuidanceBundle"}},
+    }
+    return {
+        "/evaluate": {
+            "post": {
+                "summary": summary,
+                "parameters": parameters,
+                "requestBody": FHIR_BODY,
+                "responses": {
+                    "200": {"description": ok, "content": content},
+                    **outcomes(errors, "400", "401", "403", "413", "415", "422"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3 document"}, **outcomes(errors, "401")},
+            }
+        },
+    }
