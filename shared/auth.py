@@ -272,34 +272,50 @@ class _FileJwks:
         return self._file.read()
 
 
-class _RemoteJwks:
-    """The IdP's JWKS, cached for ``JWKS_TTL_S``; an unknown kid refetches at most once per cooldown."""
+class CachedRemoteJwks(Generic[T]):
+    """A JWK Set at a URL, cached for ``JWKS_TTL_S``; an unknown kid (``refresh``) refetches at most
+    once per ``JWKS_REFETCH_COOLDOWN_S``; bounded body, no redirects. A failed or empty fetch keeps
+    the cached keys; with none at all the caller gets 503 (a key-server outage is not its fault)."""
 
-    def __init__(self, url: str, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        url: str,
+        parse: Callable[[Any], list[T]],
+        unavailable: str,
+        *,
+        session: requests.Session | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.url = url
+        self._parse = parse
+        self._unavailable = unavailable
+        self._session = session or requests.Session()
         self._clock = clock
-        self._session = requests.Session()
         self._lock = threading.Lock()
-        self._keys: list[_Key] | None = None
+        self._items: list[T] | None = None
         self._fetched_at = 0.0
         self._attempted_at: float | None = None
 
-    def keys(self, *, refresh: bool = False) -> list[_Key]:
+    def read(self, *, refresh: bool = False) -> list[T]:
         with self._lock:
             now = self._clock()
-            stale = self._keys is None or now - self._fetched_at >= JWKS_TTL_S
+            stale = self._items is None or now - self._fetched_at >= JWKS_TTL_S
             cooled = self._attempted_at is None or now - self._attempted_at >= JWKS_REFETCH_COOLDOWN_S
             if (stale or refresh) and cooled:
                 self._attempted_at = now
                 self._fetch(now)
-            if self._keys is None:  # an IdP outage is not the caller's fault: 503, not 401
-                raise UpstreamError("identity provider keys unavailable", status=503)
-            return self._keys
+            if self._items is None:
+                raise UpstreamError(self._unavailable, status=503)
+            return self._items
 
     def _fetch(self, now: float) -> None:
         try:
             with self._session.get(
-                self.url, timeout=JWKS_TIMEOUT_S, stream=True, headers={"Accept": "application/json"}
+                self.url,
+                timeout=JWKS_TIMEOUT_S,
+                stream=True,
+                allow_redirects=False,
+                headers={"Accept": "application/json"},
             ) as resp:
                 resp.raise_for_status()
                 body = b""
@@ -307,13 +323,21 @@ class _RemoteJwks:
                     body += chunk
                     if len(body) > JWKS_MAX_BYTES:
                         raise ValueError("JWKS too large")
-            parsed = _parse_jwks(json.loads(body))
+            parsed = self._parse(json.loads(body))
             if not parsed:
                 raise ValueError("no usable keys")
         except (requests.RequestException, ValueError) as exc:
             log.warning("JWKS fetch from %s failed (%s); keeping cached keys", self.url, type(exc).__name__)
             return
-        self._keys, self._fetched_at = parsed, now
+        self._items, self._fetched_at = parsed, now
+
+
+class _RemoteJwks:
+    def __init__(self, url: str, clock: Callable[[], float]) -> None:
+        self._remote = CachedRemoteJwks(url, _parse_jwks, "identity provider keys unavailable", clock=clock)
+
+    def keys(self, *, refresh: bool = False) -> list[_Key]:
+        return self._remote.read(refresh=refresh)
 
 
 # --- verification -------------------------------------------------------------------------------

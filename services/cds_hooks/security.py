@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import json
 import logging
 import threading
 import time
@@ -34,7 +33,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from shared.auth import WatchedJwksFile
+from shared.auth import CachedRemoteJwks, WatchedJwksFile
 from shared.config import CDS_ASYMMETRIC_ALGORITHMS, Settings
 from shared.errors import ConfigError, Unauthorized, UpstreamError
 
@@ -43,10 +42,6 @@ log = logging.getLogger(__name__)
 MAX_TOKEN_CHARS = 16 * 1024
 MAX_TOKEN_AHEAD_S = 3600  # CDS JWTs are per call (minutes); bounds how long a jti must be remembered
 MAX_JTI_CHARS = 256
-JWKS_TTL_S = 600.0
-JWKS_REFETCH_COOLDOWN_S = 30.0  # an unknown kid refetches at most this often (forged kids cannot hammer)
-JWKS_TIMEOUT_S = 5.0
-JWKS_MAX_BYTES = 256 * 1024
 MIN_RSA_BITS = 2048
 EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 NOT_CONFIGURED = (
@@ -155,45 +150,10 @@ class RemoteJwks:
 
     def __init__(self, url: str, session: requests.Session, clock: Callable[[], float] = time.monotonic) -> None:
         self.url = url
-        self._session = session
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._entries: list[dict[str, Any]] | None = None
-        self._fetched_at = 0.0
-        self._attempted_at: float | None = None
+        self._remote = CachedRemoteJwks(url, _jwk_entries, "CDS client keys unavailable", session=session, clock=clock)
 
     def entries(self, *, refresh: bool = False) -> list[dict[str, Any]]:
-        with self._lock:
-            now = self._clock()
-            stale = self._entries is None or now - self._fetched_at >= JWKS_TTL_S
-            cooled = self._attempted_at is None or now - self._attempted_at >= JWKS_REFETCH_COOLDOWN_S
-            if (stale or refresh) and cooled:
-                self._attempted_at = now
-                self._fetch(now)
-            if self._entries is None:  # the client's key server is down: not the caller's fault
-                raise UpstreamError("CDS client keys unavailable", status=503)
-            return self._entries
-
-    def _fetch(self, now: float) -> None:
-        try:
-            with self._session.get(
-                self.url,
-                timeout=JWKS_TIMEOUT_S,
-                stream=True,
-                allow_redirects=False,
-                headers={"Accept": "application/json"},
-            ) as resp:
-                resp.raise_for_status()
-                body = b""
-                for chunk in resp.iter_content(64 * 1024):
-                    body += chunk
-                    if len(body) > JWKS_MAX_BYTES:
-                        raise ValueError("JWKS too large")
-            parsed = _jwk_entries(json.loads(body))
-        except (requests.RequestException, ValueError) as exc:
-            log.warning("CDS JWKS fetch failed (%s); keeping cached keys", type(exc).__name__)
-            return
-        self._entries, self._fetched_at = parsed, now
+        return self._remote.read(refresh=refresh)
 
 
 def _public_key(entry: dict[str, Any], alg: str) -> Any | None:
