@@ -100,6 +100,25 @@ class Settings:
     cds_llm_judge: bool = False  # hooks answer in ~1 s: the LLM jury only when asked for
     dashboard_base_url: str | None = None  # card links: {this}/dashboard/patients/{id}; default cds_base_url
     redis_url: str | None = None  # shared state (CDS jti replay store) across workers
+    # Coordination (Celery) and persistence (SQLAlchemy). None: the embedded default, which needs no
+    # server: a SQLite-backed broker and result store and a SQLite database under data_dir.
+    celery_broker_url: str | None = None
+    celery_result_backend: str | None = None
+    database_url: str | None = None
+    task_soft_time_limit_s: int = 120
+    task_time_limit_s: int = 180
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+
+    @property
+    def result_backend(self) -> str:
+        return self.celery_result_backend or f"db+sqlite:///{self.data_dir / 'results.sqlite'}"
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'oncotwin.sqlite'}"
 
     @property
     def cds_enabled(self) -> bool:
@@ -142,6 +161,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         neo4j_namespace=env.get("NEO4J_NAMESPACE") or "default",
         neo4j_timeout_s=_float(env, "NEO4J_TIMEOUT_SECONDS", 10.0),
         **_cds(env),
+        **_coordination(env),
     )
 
 
@@ -246,4 +266,41 @@ def _cds(env: Mapping[str, str]) -> _CdsFields:
         "cds_llm_judge": _bool(env, "CDS_LLM_JUDGE", False),
         "dashboard_base_url": _url(env, "DASHBOARD_BASE_URL") or base,
         "redis_url": redis_url,
+    }
+
+
+# --- Coordination and persistence ---------------------------------------------------------------
+
+
+class _CoordinationFields(TypedDict):
+    celery_broker_url: str | None
+    celery_result_backend: str | None
+    database_url: str | None
+    task_soft_time_limit_s: int
+    task_time_limit_s: int
+
+
+_BROKERS = ("redis://", "rediss://", "amqp://", "amqps://", "sqla+", "filesystem://")
+_RESULT_BACKENDS = ("redis://", "rediss://", "db+")
+_DATABASES = ("postgresql", "sqlite")
+
+
+def _prefixed(env: Mapping[str, str], name: str, prefixes: tuple[str, ...]) -> str | None:
+    raw = (env.get(name) or "").strip() or None
+    if raw and not raw.startswith(prefixes):
+        raise ConfigError(f"{name} must start with one of {', '.join(prefixes)}, got {raw.split(':')[0]!r}")
+    return raw
+
+
+def _coordination(env: Mapping[str, str]) -> _CoordinationFields:
+    soft = _int(env, "TASK_SOFT_TIME_LIMIT_SECONDS", 120)
+    hard = _int(env, "TASK_TIME_LIMIT_SECONDS", 180)
+    if hard <= soft:
+        raise ConfigError("TASK_TIME_LIMIT_SECONDS must be greater than TASK_SOFT_TIME_LIMIT_SECONDS")
+    return {
+        "celery_broker_url": _prefixed(env, "CELERY_BROKER_URL", _BROKERS),
+        "celery_result_backend": _prefixed(env, "CELERY_RESULT_BACKEND", _RESULT_BACKENDS),
+        "database_url": _prefixed(env, "DATABASE_URL", _DATABASES),
+        "task_soft_time_limit_s": soft,
+        "task_time_limit_s": hard,
     }

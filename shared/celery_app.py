@@ -1,0 +1,97 @@
+"""The one Celery app: broker, queues, routing and reliability settings, all from the environment.
+
+Tasks are named ``oncotwin.<queue>.<name>`` and routed to the queue in their name, so a worker
+started with ``-Q necessity`` runs only necessity work. Tasks are thin callers of the engines.
+
+Reliability: ``acks_late`` + ``reject_on_worker_lost`` put a task back on the queue when its worker
+dies mid-task, so every task must be idempotent (writers use idempotency keys); JSON only, so no
+pickle ever crosses the broker; soft/hard time limits stop runaway work; transient upstream
+failures (FHIR server, LLM) retry with exponential backoff and jitter (:class:`OncoTwinTask`).
+
+Embedded default (no ``CELERY_BROKER_URL``): kombu's SQLAlchemy transport on a SQLite file under
+the data directory. It needs no server, yet the worker is a separate process (``oncotwin up``
+starts and supervises it) and messages survive restarts on disk. Deployments use Redis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task
+from kombu import Queue
+
+from shared.config import Settings, load_settings
+from shared.errors import UpstreamError
+from shared.llm import LLMUnavailable
+
+QUEUES = ("history", "navigation", "necessity", "radiology", "llm")
+TRANSIENT = (UpstreamError, LLMUnavailable, ConnectionError, TimeoutError)
+TASK_MODULES = [
+    "services.clinical_history.tasks",
+    "services.care_navigation.tasks",
+    "services.medical_necessity.tasks",
+    "services.radiology.tasks",
+    "services.evaluations.tasks",
+]
+
+
+def route(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any) -> dict[str, str]:
+    """``oncotwin.<queue>.<task>`` -> that queue; anything else -> ``necessity`` (the default)."""
+    parts = name.split(".")
+    queue = parts[1] if len(parts) > 2 and parts[0] == "oncotwin" and parts[1] in QUEUES else "necessity"
+    return {"queue": queue}
+
+
+class OncoTwinTask(Task):
+    """Base of every task: late acks, requeue on worker loss, retries for transient failures."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+    autoretry_for = TRANSIENT
+    retry_backoff = 2  # seconds, doubled per attempt
+    retry_backoff_max = 120
+    retry_jitter = True
+    max_retries = 5
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = Celery("oncotwin", task_cls=OncoTwinTask)
+    app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.result_backend,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_time_limit_s,
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue="necessity",
+        task_routes=(route,),
+        worker_prefetch_multiplier=4,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        # Redis: a message not acked within this time goes back to the queue (worker died).
+        broker_transport_options={"visibility_timeout": settings.task_time_limit_s * 2},
+        result_expires=7 * 24 * 3600,
+        task_track_started=True,
+        enable_utc=True,
+    )
+    app.conf.imports = [m for m in TASK_MODULES if _importable(m)]
+    return app
+
+
+def _importable(module: str) -> bool:
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+celery_app = create_celery()
