@@ -7,6 +7,7 @@ from flask import Flask
 from services.care_navigation.app import blueprint as navigation
 from services.cds_hooks.app import blueprint as cds_hooks
 from services.clinical_history.app import blueprint as history
+from services.evaluations.app import blueprint as evaluations
 from services.medical_necessity.app import blueprint as necessity
 from services.radiology.app import blueprint as radiology
 from shared.config import Settings
@@ -20,4 +21,5 @@ def create_app(app_settings: Settings | None = None) -> Flask:
     app.register_blueprint(necessity)
     app.register_blueprint(cds_hooks)
     app.register_blueprint(radiology)
+    app.register_blueprint(evaluations)
     return app

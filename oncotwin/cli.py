@@ -118,7 +118,7 @@ def _token(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from oncotwin.up import run_embedded
 
-    return run_embedded(args.host, args.port, args.workers)
+    return run_embedded(args.host, args.port, args.workers, args.task_workers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8080)
     up.add_argument("--workers", type=int, default=2)
+    up.add_argument(
+        "--task-workers", type=int, default=2, help="Celery worker processes for queued work (0: start none)"
+    )
     up.set_defaults(func=_up)
 
     add_graph_parser(sub)

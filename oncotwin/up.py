@@ -1,7 +1,8 @@
 """``oncotwin up``: the embedded default on one machine, no external servers.
 
 Creates the local signing key on first start, prints a token and the URL, then serves every
-service behind one port with gunicorn (threads, so the process-wide caches are shared).
+service behind one port with gunicorn (threads, so the process-wide caches are shared), next to
+a supervised Celery worker process for the asynchronous work (evaluations, audits).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ class _Server(BaseApplication):
         return self.application
 
 
-def run_embedded(host: str, port: int, workers: int) -> int:
+def run_embedded(host: str, port: int, workers: int, task_workers: int = 2) -> int:
     from oncotwin.app import create_app
+    from oncotwin.supervisor import WorkerSupervisor, worker_command
 
     settings = load_settings()
     app = create_app(settings)
@@ -39,6 +41,18 @@ def run_embedded(host: str, port: int, workers: int) -> int:
         print(f"OncoTwin (embedded) on http://{host}:{port}/  (health: /health)", flush=True)
         print("Bearer token for this machine (8 h; new one: oncotwin token):", flush=True)
         print(token, flush=True)
+    supervisor = WorkerSupervisor(worker_command(task_workers)) if task_workers else None
+    if supervisor:
+        supervisor.start()
+    try:
+        _run_server(app, host, port, workers)
+    finally:
+        if supervisor:
+            supervisor.stop()
+    return 0
+
+
+def _run_server(app: Any, host: str, port: int, workers: int) -> None:
     _Server(
         app,
         {
@@ -50,4 +64,3 @@ def run_embedded(host: str, port: int, workers: int) -> int:
             "accesslog": None,
         },
     ).run()
-    return 0

@@ -54,35 +54,45 @@ class OncoTwinTask(Task):
     max_retries = 5
 
 
-def create_celery(settings: Settings | None = None) -> Celery:
-    settings = settings or load_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = Celery("oncotwin", task_cls=OncoTwinTask)
-    app.conf.update(
-        broker_url=settings.broker_url,
-        result_backend=settings.result_backend,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        task_soft_time_limit=settings.task_soft_time_limit_s,
-        task_time_limit=settings.task_time_limit_s,
-        task_queues=[Queue(name) for name in QUEUES],
-        task_default_queue="necessity",
-        task_routes=(route,),
-        worker_prefetch_multiplier=4,
-        worker_hijack_root_logger=False,
-        broker_connection_retry_on_startup=True,
-        # Redis: a message not acked within this time goes back to the queue (worker died).
-        broker_transport_options={"visibility_timeout": settings.task_time_limit_s * 2},
-        result_expires=7 * 24 * 3600,
-        task_track_started=True,
-        enable_utc=True,
-    )
-    app.conf.imports = [m for m in TASK_MODULES if _importable(m)]
-    return app
+def conf(settings: Settings) -> dict[str, Any]:
+    """The Celery settings for ``settings`` (broker, backend, limits) plus the fixed policies."""
+    if settings.celery_broker_url is None or settings.celery_result_backend is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)  # the embedded SQLite files live there
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_time_limit_s,
+        "task_queues": [Queue(name) for name in QUEUES],
+        "task_default_queue": "necessity",
+        "task_routes": (route,),
+        "worker_prefetch_multiplier": 4,
+        "worker_hijack_root_logger": False,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": _transport_options(settings.broker_url, settings.task_time_limit_s),
+        "result_expires": 7 * 24 * 3600,
+        "task_track_started": True,
+        "enable_utc": True,
+        "imports": [m for m in TASK_MODULES if _importable(m)],
+    }
+
+
+def _transport_options(broker_url: str, time_limit_s: int) -> dict[str, Any]:
+    if broker_url.startswith(("redis://", "rediss://")):
+        # A message not acked within this time goes back to the queue (its worker died).
+        return {"visibility_timeout": time_limit_s * 2}
+    return {"polling_interval": 0.2}  # the SQLite transport polls; the default 1 s adds latency per hop
+
+
+def configure(settings: Settings) -> None:
+    """Point the process's app at ``settings`` (a web app built with explicit settings does this)."""
+    celery_app.conf.update(conf(settings))
 
 
 def _importable(module: str) -> bool:
@@ -94,4 +104,6 @@ def _importable(module: str) -> bool:
         return False
 
 
-celery_app = create_celery()
+# Workers (`celery -A shared.celery_app:celery_app`) read the environment, lazily on first use.
+celery_app = Celery("oncotwin", task_cls=OncoTwinTask)
+celery_app.add_defaults(lambda: conf(load_settings()))

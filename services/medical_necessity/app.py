@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
 from typing import cast
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
@@ -12,25 +11,18 @@ from flask.blueprints import BlueprintSetupState
 
 from services.guidance import necessity_bundle, parse_format
 from services.medical_necessity.engine import assess, orders_to_review
-from services.medical_necessity.judge import Judge, LLMJury, NoJudge
+from services.medical_necessity.judge import Judge, judge_from_env
 from services.medical_necessity.openapi import openapi_document
 from services.web import answer, pathway_queries, posted_record
 from shared.access_log import log_access
 from shared.config import Settings
 from shared.errors import InvalidInput, UnprocessableInput
 from shared.http import make_app, principal, require
-from shared.llm import LLMClient
 
 blueprint = Blueprint("necessity", __name__, url_prefix="/necessity/v1")
 ACTION = "necessity.evaluate"
 JUDGE = "oncotwin.necessity.judge"
 ORDER_REF = re.compile(r"^(MedicationRequest|ServiceRequest)/[A-Za-z0-9\-.]{1,64}$")
-
-
-def judge_from_env(env: Mapping[str, str]) -> Judge:
-    """An LLM jury when ``LLM_BASE_URL`` is set, else nobody (free-text criteria go to review)."""
-    client = LLMClient.from_env(env)
-    return LLMJury(client) if client is not None else NoJudge()
 
 
 @blueprint.record_once

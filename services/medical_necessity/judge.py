@@ -17,6 +17,7 @@ calls; a client without retries asks every vote once.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -125,3 +126,9 @@ class LLMJury:
         if not any(a is not None for a in answers):
             return None
         return answers
+
+
+def judge_from_env(env: Mapping[str, str]) -> Judge:
+    """An LLM jury when ``LLM_BASE_URL`` is set, else nobody (free-text criteria go to review)."""
+    client = LLMClient.from_env(env)
+    return LLMJury(client) if client is not None else NoJudge()

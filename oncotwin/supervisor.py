@@ -1,0 +1,78 @@
+"""Keeps the embedded default's Celery worker process running next to the web server.
+
+``oncotwin up`` needs no server, yet tasks still run asynchronously in their own process: this
+supervisor starts ``celery worker`` on every queue, restarts it (with a capped backoff) whenever it
+exits, and stops it with the web server. A task the dead worker held is redelivered by the broker
+(late acks) and writers are idempotent, so a crash loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+
+from shared.celery_app import QUEUES
+
+log = logging.getLogger(__name__)
+
+
+def worker_command(concurrency: int) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "shared.celery_app:celery_app", "worker",
+        "-Q", ",".join(QUEUES), "--concurrency", str(concurrency), "--loglevel", "INFO",
+        "--hostname", "embedded@%h",
+    ]  # fmt: skip
+
+
+class WorkerSupervisor:
+    def __init__(self, command: list[str], env: Mapping[str, str] | None = None, max_backoff_s: float = 30.0) -> None:
+        self._command, self._env = command, dict(env if env is not None else os.environ)
+        self._max_backoff_s = max_backoff_s
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._owner = os.getpid()  # forked children (gunicorn's web worker) must not stop it
+        self._thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
+        self.starts = 0
+
+    @property
+    def pid(self) -> int | None:
+        with self._lock:
+            return self._process.pid if self._process else None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        backoff = 1.0
+        while not self._stopping.is_set():
+            with self._lock:
+                self._process = subprocess.Popen(self._command, env=self._env, start_new_session=True)  # noqa: S603
+                self.starts += 1
+            code = self._process.wait()
+            if self._stopping.is_set():
+                return
+            log.warning("task worker exited with %s; restarting in %.0f s", code, backoff)
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, self._max_backoff_s)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Warm shutdown (SIGTERM lets running tasks finish), then SIGKILL after ``timeout_s``."""
+        if os.getpid() != self._owner:
+            return
+        self._stopping.set()
+        with self._lock:
+            process = self._process
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -1,0 +1,82 @@
+"""The evaluation steps on the engines: each reads the stored input, writes its part, once.
+
+A step is safe to run again (Celery redelivers after a worker dies): the store keeps the first
+part written. Input problems (malformed FHIR, patient not in the bundle) end the evaluation as
+``failed`` with the OperationOutcome a synchronous call would have returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from graph import open_store
+from graph.queries import PathwayQueries
+from services.care_navigation.engine import navigate
+from services.clinical_history.timeline import build_timeline
+from services.evaluations.store import EvaluationStore
+from services.medical_necessity.engine import assess
+from services.medical_necessity.judge import Judge, NoJudge
+from shared.config import Settings
+from shared.errors import OncoTwinError
+from shared.fhir.ingest import load_bundle
+from shared.fhir.record import PatientRecord
+
+log = logging.getLogger(__name__)
+_RECORDS: OrderedDict[str, PatientRecord] = OrderedDict()  # per process: a worker often runs both steps
+_RECORDS_MAX = 8
+
+
+class Steps:
+    """The three steps over one store and one set of pathway queries (built once per worker)."""
+
+    def __init__(self, settings: Settings, judge: Judge | None = None) -> None:
+        self.store = EvaluationStore(settings)
+        self._settings = settings
+        self._queries: PathwayQueries | None = None
+        self._judge = judge or NoJudge()
+
+    @property
+    def queries(self) -> PathwayQueries:
+        if self._queries is None:
+            self._queries = PathwayQueries(open_store(self._settings))
+        return self._queries
+
+    def history(self, evaluation_id: str) -> bool:
+        """Timeline first: it also proves the input readable before the parallel steps start."""
+        return self._step(evaluation_id, "history", lambda r: build_timeline(r).to_json())
+
+    def navigation(self, evaluation_id: str) -> bool:
+        return self._step(evaluation_id, "navigation", lambda r: navigate(r, self.queries).to_json())
+
+    def necessity(self, evaluation_id: str) -> bool:
+        return self._step(evaluation_id, "necessity", lambda r: assess(r, self.queries, None, self._judge).to_json())
+
+    def _step(self, evaluation_id: str, part: str, run: Callable[[PatientRecord], Any]) -> bool:
+        """True when the workflow should go on (the evaluation is still open)."""
+        try:
+            record = self._record(evaluation_id)
+            if record is None:
+                return False  # finished, failed or unknown: a redelivery after the end
+            self.store.set_part(evaluation_id, part, run(record), patient=record.id)
+            return True
+        except OncoTwinError as error:
+            log.info("evaluation %s failed at %s: %s", evaluation_id, part, error.status)
+            self.store.fail(evaluation_id, error.to_operation_outcome())
+            return False
+
+    def _record(self, evaluation_id: str) -> PatientRecord | None:
+        if evaluation_id in _RECORDS:
+            _RECORDS.move_to_end(evaluation_id)
+            return _RECORDS[evaluation_id]
+        stored = self.store.input(evaluation_id)
+        if stored is None:
+            return None
+        body, patient, strict = stored
+        record = load_bundle(body, strict=strict).record(patient)
+        _RECORDS[evaluation_id] = record
+        while len(_RECORDS) > _RECORDS_MAX:
+            _RECORDS.popitem(last=False)
+        return record
