@@ -55,6 +55,7 @@ class WorkerSupervisor:
                 self._process = subprocess.Popen(self._command, env=self._env, start_new_session=True)  # noqa: S603
                 self.starts += 1
             code = self._process.wait()
+            _kill_group(self._process.pid)  # pool children orphaned by a killed main process
             if self._stopping.is_set():
                 return
             log.warning("task worker exited with %s; restarting in %.0f s", code, backoff)
@@ -76,3 +77,10 @@ class WorkerSupervisor:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -82,8 +82,13 @@ class EvaluationStore:
                 return None
             return zlib.decompress(row.body), row.patient_param, row.strict
 
+    def is_open(self, evaluation_id: str) -> bool:
+        with self._sessions() as s:
+            status = s.execute(select(EvaluationRow.status).where(EvaluationRow.id == evaluation_id)).scalar()
+            return status in (QUEUED, RUNNING)
+
     def set_part(self, evaluation_id: str, part: str, value: Any, patient: str | None = None) -> bool:
-        """Stores one step's output once; True when this call completed the evaluation."""
+        """Stores one step's output once (True when this call wrote it); the last part in finishes."""
         if part not in PARTS:
             raise ValueError(f"unknown part {part!r}")
         column = getattr(EvaluationRow, part)
@@ -91,13 +96,13 @@ class EvaluationStore:
         if patient is not None:
             values["patient"] = patient
         with self._sessions.begin() as s:
-            s.execute(
+            written = s.execute(
                 update(EvaluationRow)
                 .where(EvaluationRow.id == evaluation_id, column.is_(None), EvaluationRow.status.in_((QUEUED, RUNNING)))
                 .values(**values)
             )
             # The last part in finishes the evaluation; the guard makes this happen exactly once.
-            done = s.execute(
+            s.execute(
                 update(EvaluationRow)
                 .where(
                     EvaluationRow.id == evaluation_id,
@@ -106,7 +111,7 @@ class EvaluationStore:
                 )
                 .values(status=DONE, finished=_now(), body=b"")
             )
-            return bool(done.rowcount)
+            return bool(written.rowcount)
 
     def fail(self, evaluation_id: str, outcome: dict[str, Any]) -> None:
         with self._sessions.begin() as s:

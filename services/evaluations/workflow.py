@@ -55,13 +55,12 @@ class Steps:
         return self._step(evaluation_id, "necessity", lambda r: assess(r, self.queries, None, self._judge).to_json())
 
     def _step(self, evaluation_id: str, part: str, run: Callable[[PatientRecord], Any]) -> bool:
-        """True when the workflow should go on (the evaluation is still open)."""
+        """True when this call wrote the part (False: a redelivery, or the evaluation has ended)."""
         try:
             record = self._record(evaluation_id)
             if record is None:
                 return False  # finished, failed or unknown: a redelivery after the end
-            self.store.set_part(evaluation_id, part, run(record), patient=record.id)
-            return True
+            return self.store.set_part(evaluation_id, part, run(record), patient=record.id)
         except OncoTwinError as error:
             log.info("evaluation %s failed at %s: %s", evaluation_id, part, error.status)
             self.store.fail(evaluation_id, error.to_operation_outcome())
@@ -70,7 +69,7 @@ class Steps:
     def _record(self, evaluation_id: str) -> PatientRecord | None:
         if evaluation_id in _RECORDS:
             _RECORDS.move_to_end(evaluation_id)
-            return _RECORDS[evaluation_id]
+            return _RECORDS[evaluation_id] if self.store.is_open(evaluation_id) else None
         stored = self.store.input(evaluation_id)
         if stored is None:
             return None
