@@ -26,12 +26,10 @@ from shared.llm import LLMUnavailable
 
 QUEUES = ("history", "navigation", "necessity", "radiology", "llm")
 TRANSIENT = (UpstreamError, LLMUnavailable, ConnectionError, TimeoutError)
-TASK_MODULES = [
-    "services.clinical_history.tasks",
-    "services.care_navigation.tasks",
+TASK_MODULES = [  # what a worker imports; each holds thin task wrappers around an engine
+    "services.evaluations.tasks",
     "services.medical_necessity.tasks",
     "services.radiology.tasks",
-    "services.evaluations.tasks",
 ]
 
 
@@ -87,7 +85,7 @@ def _transport_options(broker_url: str, time_limit_s: int) -> dict[str, Any]:
     if broker_url.startswith(("redis://", "rediss://")):
         # A message not acked within this time goes back to the queue (its worker died).
         return {"visibility_timeout": time_limit_s * 2}
-    return {"polling_interval": 0.2}  # the SQLite transport polls; the default 1 s adds latency per hop
+    return {}  # the SQLite transport hands every option to create_engine, so none are set
 
 
 def configure(settings: Settings) -> None:

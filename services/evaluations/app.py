@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -92,7 +93,7 @@ def create() -> Response:
     store = _store()
     evaluation_id = store.create(body, principal().subject, patient, flag("strict", settings().strict_ingest))
     try:
-        tasks.start(evaluation_id)
+        tasks.start(evaluation_id, llm=bool(os.environ.get("LLM_BASE_URL")))
     except Exception:  # the broker is down: say so, and do not leave a queued evaluation behind
         log.exception("could not queue evaluation %s", evaluation_id)
         store.fail(evaluation_id, UpstreamError("task queue unavailable", 503).to_operation_outcome())

@@ -38,7 +38,14 @@ def necessity(evaluation_id: str) -> bool:
     return _steps().necessity(evaluation_id)
 
 
-def start(evaluation_id: str) -> None:
-    chain(history.si(evaluation_id), group(navigation.si(evaluation_id), necessity.si(evaluation_id))).apply_async(
-        ignore_result=True
-    )
+@celery_app.task(name="oncotwin.llm.evaluation_necessity")
+def necessity_with_llm(evaluation_id: str) -> bool:
+    """The same step when an LLM jury judges free text: LLM-bound, so it waits on the ``llm`` queue,
+    whose workers scale with the vLLM backend rather than with the CPU-bound twins."""
+    return _steps().necessity(evaluation_id)
+
+
+def start(evaluation_id: str, llm: bool = False) -> None:
+    judged = necessity_with_llm if llm else necessity
+    parallel = group(navigation.si(evaluation_id), judged.si(evaluation_id))
+    chain(history.si(evaluation_id), parallel).apply_async(ignore_result=True)
