@@ -8,15 +8,22 @@ real Celery workers with Redis and PostgreSQL, and under ``oncotwin up``, is in
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from functools import cache
+from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
 
-from services.evaluations.store import DONE, FAILED, QUEUED, RUNNING, EvaluationStore
-from services.evaluations.workflow import Steps
-from shared.config import Settings
+from services.evaluations.store import DONE, FAILED, FHIR_SERVER, QUEUED, RUNNING, EvaluationStore
+from services.evaluations.workflow import _RECORDS, Steps
+from shared.config import Settings, load_settings
+from shared.errors import UpstreamError
 from tests.conftest import requires_data, synthea
+from tests.test_fhir_server import PATIENT as SERVER_PATIENT
+from tests.test_fhir_server import TOKEN, FakeFhir, _load_bulk, _make_app
 
 pytestmark = requires_data
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -163,3 +170,60 @@ def test_a_bad_patient_parameter_is_refused(client: FlaskClient, mint: Callable[
     response = client.post("/v1/evaluations?patient=a%20b", data=austin, headers=_headers(mint))
     assert response.status_code == 400
     assert "patient" in response.get_json()["issue"][0]["diagnostics"]
+
+
+# --- patients pulled from a FHIR server --------------------------------------------------------
+
+
+_bulk = cache(_load_bulk)
+
+
+@pytest.fixture
+def fhir() -> Iterator[FakeFhir]:
+    """The FHIR server test double of ``test_fhir_server`` (paged searches over the bulk export)."""
+    fake = FakeFhir(_bulk())
+    server = make_server("127.0.0.1", 0, _make_app(fake), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    fake.base_url = f"http://127.0.0.1:{server.port}/fhir"
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def from_server(fhir: FakeFhir, tmp_path: Path) -> Steps:
+    _RECORDS.clear()
+    env = {"ONCOTWIN_DATA_DIR": str(tmp_path / "var"), "FHIR_BASE_URL": fhir.base_url, "FHIR_BEARER_TOKEN": TOKEN}
+    return Steps(load_settings(env))
+
+
+def test_a_patient_from_the_fhir_server_is_pulled_once_and_every_step_reads_that_snapshot(
+    from_server: Steps, fhir: FakeFhir
+) -> None:
+    evaluation_id = from_server.store.create(b"", "dr", SERVER_PATIENT, False, FHIR_SERVER)
+    assert from_server.history(evaluation_id)
+    pulled = len(fhir.seen)
+    assert pulled > 0
+    _RECORDS.clear()  # as if the parallel steps ran in other worker processes
+    assert from_server.navigation(evaluation_id) and from_server.necessity(evaluation_id)
+    assert len(fhir.seen) == pulled  # no second pull
+    done = from_server.store.get(evaluation_id)
+    assert done is not None and done.status == DONE and done.patient == SERVER_PATIENT
+
+
+def test_a_fhir_server_that_is_down_leaves_the_step_to_be_retried(from_server: Steps, fhir: FakeFhir) -> None:
+    fhir.failures = [(503, {"Retry-After": "3600"})]  # longer than the client waits: it gives up at once
+    evaluation_id = from_server.store.create(b"", "dr", SERVER_PATIENT, False, FHIR_SERVER)
+    with pytest.raises(UpstreamError):
+        from_server.history(evaluation_id)
+    assert from_server.store.get(evaluation_id).status == QUEUED  # type: ignore[union-attr]
+    assert from_server.history(evaluation_id)  # the retry finds the server back
+
+
+def test_without_a_body_a_patient_and_a_fhir_server_are_needed(client: FlaskClient, mint: Callable[..., str]) -> None:
+    response = client.post("/v1/evaluations?patient=p1", headers=_headers(mint))
+    assert response.status_code == 400
+    assert "FHIR server" in response.get_json()["issue"][0]["diagnostics"]

@@ -17,7 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, 
 from flask.blueprints import BlueprintSetupState
 
 from services.evaluations import tasks
-from services.evaluations.store import DONE, FAILED, Evaluation, EvaluationStore
+from services.evaluations.store import BUNDLE, DONE, FAILED, FHIR_SERVER, Evaluation, EvaluationStore
 from shared.access_log import log_access
 from shared.celery_app import configure
 from shared.config import Settings
@@ -45,6 +45,8 @@ def _store() -> EvaluationStore:
 
 
 def _bundle() -> bytes:
+    if not request.content_length:
+        return b""  # no body: the patient is pulled from the FHIR server
     body = fhir_body()
     try:
         document = json.loads(body)
@@ -90,8 +92,13 @@ def _view(evaluation: Evaluation) -> dict[str, Any]:
 @require("necessity.read")
 def create() -> Response:
     body, patient = _bundle(), _patient_param()
+    source = BUNDLE if body else FHIR_SERVER
+    if source == FHIR_SERVER and (patient is None or settings().fhir_base_url is None):
+        message = "post a FHIR Bundle, or name a patient (?patient=ID) when a FHIR server is configured"
+        raise InvalidInput(message, issue_code="required")
     store = _store()
-    evaluation_id = store.create(body, principal().subject, patient, flag("strict", settings().strict_ingest))
+    strict = flag("strict", settings().strict_ingest)
+    evaluation_id = store.create(body, principal().subject, patient, strict, source)
     try:
         tasks.start(evaluation_id, llm=bool(os.environ.get("LLM_BASE_URL")))
     except Exception:  # the broker is down: say so, and do not leave a queued evaluation behind

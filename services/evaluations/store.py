@@ -20,6 +20,7 @@ from shared.db import Base, sessions
 
 PARTS = ("history", "navigation", "necessity")
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+BUNDLE, FHIR_SERVER = "bundle", "fhir"
 
 
 def _now() -> datetime:
@@ -37,11 +38,20 @@ class EvaluationRow(Base):
     patient_param: Mapped[str | None] = mapped_column(String(128), nullable=True)
     patient: Mapped[str | None] = mapped_column(String(128), nullable=True)
     strict: Mapped[bool] = mapped_column(Boolean, default=False)
-    body: Mapped[bytes] = mapped_column(LargeBinary)  # zlib-compressed FHIR input; dropped when done
+    source: Mapped[str] = mapped_column(String(16), default=BUNDLE)  # bundle, or fhir: pull from the server
+    body: Mapped[bytes] = mapped_column(LargeBinary)  # zlib-compressed FHIR Bundle; dropped when done
     history: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     navigation: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     necessity: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     error: Mapped[Any | None] = mapped_column(JSON, nullable=True)  # an OperationOutcome
+
+
+@dataclass(frozen=True)
+class Input:
+    source: str
+    body: bytes
+    patient: str | None
+    strict: bool
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,7 @@ class EvaluationStore:
     def __init__(self, settings: Settings) -> None:
         self._sessions = sessions(settings)
 
-    def create(self, body: bytes, owner: str, patient: str | None, strict: bool) -> str:
+    def create(self, body: bytes, owner: str, patient: str | None, strict: bool, source: str = BUNDLE) -> str:
         evaluation_id = uuid.uuid4().hex
         with self._sessions.begin() as s:
             s.add(
@@ -69,18 +79,28 @@ class EvaluationStore:
                     owner=owner,
                     patient_param=patient,
                     strict=strict,
+                    source=source,
                     body=zlib.compress(body, 3),
                 )
             )
         return evaluation_id
 
-    def input(self, evaluation_id: str) -> tuple[bytes, str | None, bool] | None:
-        """The posted body, the requested patient and strictness; None once finished or unknown."""
+    def input(self, evaluation_id: str) -> Input | None:
+        """What to evaluate; None once the evaluation has ended (or never existed)."""
         with self._sessions() as s:
             row = s.get(EvaluationRow, evaluation_id)
             if row is None or row.status in (DONE, FAILED):
                 return None
-            return zlib.decompress(row.body), row.patient_param, row.strict
+            return Input(row.source, zlib.decompress(row.body), row.patient_param, row.strict)
+
+    def snapshot(self, evaluation_id: str, bundle: bytes) -> None:
+        """Keeps what was pulled from the FHIR server, so every step reads the same data."""
+        with self._sessions.begin() as s:
+            s.execute(
+                update(EvaluationRow)
+                .where(EvaluationRow.id == evaluation_id, EvaluationRow.source == FHIR_SERVER)
+                .values(source=BUNDLE, body=zlib.compress(bundle, 3))
+            )
 
     def is_open(self, evaluation_id: str) -> bool:
         with self._sessions() as s:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 from functools import cache
+from typing import Any
 
 from celery import chain, group
 
 from services.evaluations.workflow import Steps
 from services.medical_necessity.judge import judge_from_env
-from shared.celery_app import celery_app
+from shared.celery_app import OncoTwinTask, celery_app
 from shared.config import load_settings
+from shared.errors import UpstreamError
 
 
 @cache
@@ -23,22 +25,29 @@ def _steps() -> Steps:
     return Steps(load_settings(), judge_from_env(os.environ))
 
 
-@celery_app.task(name="oncotwin.history.evaluation_history")
+class EvaluationTask(OncoTwinTask):
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Out of retries, or a bug: the evaluation ends as failed instead of running forever."""
+        problem = UpstreamError("an evaluation step failed; try again later", 503)
+        _steps().store.fail(args[0], problem.to_operation_outcome())
+
+
+@celery_app.task(name="oncotwin.history.evaluation_history", base=EvaluationTask)
 def history(evaluation_id: str) -> bool:
     return _steps().history(evaluation_id)
 
 
-@celery_app.task(name="oncotwin.navigation.evaluation_navigation")
+@celery_app.task(name="oncotwin.navigation.evaluation_navigation", base=EvaluationTask)
 def navigation(evaluation_id: str) -> bool:
     return _steps().navigation(evaluation_id)
 
 
-@celery_app.task(name="oncotwin.necessity.evaluation_necessity")
+@celery_app.task(name="oncotwin.necessity.evaluation_necessity", base=EvaluationTask)
 def necessity(evaluation_id: str) -> bool:
     return _steps().necessity(evaluation_id)
 
 
-@celery_app.task(name="oncotwin.llm.evaluation_necessity")
+@celery_app.task(name="oncotwin.llm.evaluation_necessity", base=EvaluationTask)
 def necessity_with_llm(evaluation_id: str) -> bool:
     """The same step when an LLM jury judges free text: LLM-bound, so it waits on the ``llm`` queue,
     whose workers scale with the vLLM backend rather than with the CPU-bound twins."""

@@ -2,11 +2,14 @@
 
 A step is safe to run again (Celery redelivers after a worker dies): the store keeps the first
 part written. Input problems (malformed FHIR, patient not in the bundle) end the evaluation as
-``failed`` with the OperationOutcome a synchronous call would have returned.
+``failed`` with the OperationOutcome a synchronous call would have returned; a FHIR server that
+is down raises, so the task retries. A patient pulled from the server is stored as a Bundle by the
+first step, so the parallel steps read the same snapshot.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -16,13 +19,14 @@ from graph import open_store
 from graph.queries import PathwayQueries
 from services.care_navigation.engine import navigate
 from services.clinical_history.timeline import build_timeline
-from services.evaluations.store import EvaluationStore
+from services.evaluations.store import FHIR_SERVER, EvaluationStore
 from services.medical_necessity.engine import assess
 from services.medical_necessity.judge import Judge, NoJudge
 from shared.config import Settings
-from shared.errors import OncoTwinError
+from shared.errors import OncoTwinError, UpstreamError
 from shared.fhir.ingest import load_bundle
 from shared.fhir.record import PatientRecord
+from shared.fhir.server import FhirServerClient
 
 log = logging.getLogger(__name__)
 _RECORDS: OrderedDict[str, PatientRecord] = OrderedDict()  # per process: a worker often runs both steps
@@ -61,6 +65,8 @@ class Steps:
             if record is None:
                 return False  # finished, failed or unknown: a redelivery after the end
             return self.store.set_part(evaluation_id, part, run(record), patient=record.id)
+        except UpstreamError:
+            raise  # transient (FHIR server): the task retries with backoff
         except OncoTwinError as error:
             log.info("evaluation %s failed at %s: %s", evaluation_id, part, error.status)
             self.store.fail(evaluation_id, error.to_operation_outcome())
@@ -73,8 +79,14 @@ class Steps:
         stored = self.store.input(evaluation_id)
         if stored is None:
             return None
-        body, patient, strict = stored
-        record = load_bundle(body, strict=strict).record(patient)
+        body = stored.body
+        if stored.source == FHIR_SERVER:
+            with FhirServerClient.from_settings(self._settings) as client:
+                resources = client.patient_resources(stored.patient or "")
+            entries = [{"resource": resource} for resource in resources]
+            body = json.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries}).encode()
+            self.store.snapshot(evaluation_id, body)
+        record = load_bundle(body, strict=stored.strict).record(stored.patient)
         _RECORDS[evaluation_id] = record
         while len(_RECORDS) > _RECORDS_MAX:
             _RECORDS.popitem(last=False)
