@@ -8,14 +8,12 @@ real Celery workers with Redis and PostgreSQL, and under ``oncotwin up``, is in
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
-from werkzeug.serving import make_server
 
 from services.evaluations.store import DONE, FAILED, FHIR_SERVER, QUEUED, RUNNING, EvaluationStore
 from services.evaluations.workflow import _RECORDS, Steps
@@ -23,7 +21,7 @@ from shared.config import Settings, load_settings
 from shared.errors import UpstreamError
 from tests.conftest import requires_data, synthea
 from tests.test_fhir_server import PATIENT as SERVER_PATIENT
-from tests.test_fhir_server import TOKEN, FakeFhir, _load_bulk, _make_app
+from tests.test_fhir_server import TOKEN, FakeFhir, _load_bulk, serving
 
 pytestmark = requires_data
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -180,17 +178,8 @@ _bulk = cache(_load_bulk)
 
 @pytest.fixture
 def fhir() -> Iterator[FakeFhir]:
-    """The FHIR server test double of ``test_fhir_server`` (paged searches over the bulk export)."""
-    fake = FakeFhir(_bulk())
-    server = make_server("127.0.0.1", 0, _make_app(fake), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    fake.base_url = f"http://127.0.0.1:{server.port}/fhir"
-    try:
+    with serving(FakeFhir(_bulk())) as fake:  # the FHIR server double of test_fhir_server
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture

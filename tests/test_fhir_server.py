@@ -11,6 +11,7 @@ import copy
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,9 +215,9 @@ def bulk() -> Bulk:
     return _load_bulk()
 
 
-@pytest.fixture
-def fhir(bulk: Bulk) -> Iterator[FakeFhir]:
-    fake = FakeFhir(bulk)
+@contextmanager
+def serving(fake: FakeFhir) -> Iterator[FakeFhir]:
+    """Runs the fake server on a free local port (sets ``fake.base_url``) while the block runs."""
     server = make_server("127.0.0.1", 0, _make_app(fake), threaded=True)
     # A short poll interval keeps shutdown() (which waits for the next poll) from adding 0.5 s a test.
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
@@ -229,6 +230,12 @@ def fhir(bulk: Bulk) -> Iterator[FakeFhir]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def fhir(bulk: Bulk) -> Iterator[FakeFhir]:
+    with serving(FakeFhir(bulk)) as fake:
+        yield fake
 
 
 @pytest.fixture
