@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8080
 
-.PHONY: run test bench bench-llm lint install install-dev clean
+.PHONY: run test bench bench-llm lint install install-dev clean browser
 
 LLM_MODELS ?= var/dsbd-models
 
@@ -23,14 +23,15 @@ install-dev: $(VENV)/bin/python
 run: install
 	$(VENV)/bin/oncotwin up --port $(PORT)
 
-test: install-dev
+test: install-dev browser
 	$(PY) -m pytest
 
-bench: install-dev
+bench: install-dev browser
 	$(PY) bench/timeline_vs_validation.py
 	$(PY) bench/pathway_queries.py
 	$(PY) bench/necessity.py
 	$(PY) bench/radiology.py
+	$(PY) bench/dashboard.py
 
 # Trains the small target/draft pair on ../shared/data once (about 7 minutes on 2 cores), then
 # compares DSBD, beam sampling and one-token-per-step beam search (services/llm/docs/benchmarks.md).
@@ -42,6 +43,13 @@ lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	cd services/llm && ../../$(VENV)/bin/mypy dsbd --ignore-missing-imports --explicit-package-bases
+
+# Debian's chromium for the dashboard's browser tests and bench (Playwright drives it; we never run
+# `playwright install`, which downloads browsers). Installs the system package when it is missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

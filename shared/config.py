@@ -100,6 +100,14 @@ class Settings:
     cds_llm_judge: bool = False  # hooks answer in ~1 s: the LLM jury only when asked for
     dashboard_base_url: str | None = None  # card links: {this}/dashboard/patients/{id}; default cds_base_url
     redis_url: str | None = None  # shared state (CDS jti replay store) across workers
+    # Dashboard (services/dashboard): patient bundles/NDJSON shown by the embedded default; None: data_dir/patients.
+    patient_data_dir: Path | None = None
+    dashboard_session_idle_s: int = 900  # a signed-in session ends after this much inactivity (and at token exp)
+    dashboard_cache_inputs: int = 8  # ingested inputs (files/folders) kept in memory per process
+    smart_client_id: str | None = None  # SMART on FHIR EHR launch: on when set (public client, PKCE)
+    smart_redirect_uri: str | None = None
+    smart_allowed_issuers: tuple[str, ...] = ()  # `iss` values a launch may name (FHIR base URLs)
+    smart_scopes: str = "launch openid fhirUser patient/*.read"
     # Coordination (Celery) and persistence (SQLAlchemy). None: the embedded default, which needs no
     # server: a SQLite-backed broker and result store and a SQLite database under data_dir.
     celery_broker_url: str | None = None
@@ -107,6 +115,8 @@ class Settings:
     database_url: str | None = None
     task_soft_time_limit_s: int = 120
     task_time_limit_s: int = 180
+    # Batch necessity audits: paths an HTTP caller may name must lie under this folder; None: no paths over HTTP.
+    audit_input_root: Path | None = None
 
     @property
     def broker_url(self) -> str:
@@ -160,7 +170,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         neo4j_database=env.get("NEO4J_DATABASE") or "neo4j",
         neo4j_namespace=env.get("NEO4J_NAMESPACE") or "default",
         neo4j_timeout_s=_float(env, "NEO4J_TIMEOUT_SECONDS", 10.0),
+        audit_input_root=_directory(env, "AUDIT_INPUT_ROOT"),
         **_cds(env),
+        **_dashboard(env),
         **_coordination(env),
     )
 
@@ -303,4 +315,34 @@ def _coordination(env: Mapping[str, str]) -> _CoordinationFields:
         "database_url": _prefixed(env, "DATABASE_URL", _DATABASES),
         "task_soft_time_limit_s": soft,
         "task_time_limit_s": hard,
+    }
+
+
+# --- Dashboard ----------------------------------------------------------------------------------
+
+
+class _DashboardFields(TypedDict):
+    patient_data_dir: Path | None
+    dashboard_session_idle_s: int
+    dashboard_cache_inputs: int
+    smart_client_id: str | None
+    smart_redirect_uri: str | None
+    smart_allowed_issuers: tuple[str, ...]
+    smart_scopes: str
+
+
+def _dashboard(env: Mapping[str, str]) -> _DashboardFields:
+    client_id = (env.get("SMART_CLIENT_ID") or "").strip() or None
+    redirect = _url(env, "SMART_REDIRECT_URI")
+    issuers = tuple(i.rstrip("/") for i in _key_urls(env, "SMART_ALLOWED_ISSUERS"))
+    if client_id and (redirect is None or not issuers):
+        raise ConfigError("SMART_REDIRECT_URI and SMART_ALLOWED_ISSUERS must be set when SMART_CLIENT_ID is set")
+    return {
+        "patient_data_dir": _directory(env, "PATIENT_DATA_DIR"),
+        "dashboard_session_idle_s": _int(env, "DASHBOARD_SESSION_IDLE_SECONDS", 900, minimum=30),
+        "dashboard_cache_inputs": _int(env, "DASHBOARD_CACHE_INPUTS", 8),
+        "smart_client_id": client_id,
+        "smart_redirect_uri": redirect,
+        "smart_allowed_issuers": issuers,
+        "smart_scopes": (env.get("SMART_SCOPES") or "").strip() or "launch openid fhirUser patient/*.read",
     }

@@ -1,0 +1,454 @@
+"""The dashboard's HTTP behaviour without a browser: sessions, CSRF, scopes, opaque ids, sources, SMART.
+
+The SMART EHR launch runs against a fake authorization + FHIR server served locally (werkzeug in a
+thread), which checks the PKCE verifier against the challenge like a real one would.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from flask import Flask, jsonify, request
+from flask.testing import FlaskClient
+
+from services.dashboard.app import EXT, SESSION_COOKIE
+from services.dashboard.patients import FolderSource, split_inputs
+from services.dashboard.sessions import SessionStore
+from services.dashboard.testing import serve
+from shared.auth import Principal
+from shared.config import Settings, load_settings
+from shared.errors import ConfigError
+from tests.conftest import FHIR, SYNTHEA, requires_data
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "services" / "dashboard" / "templates"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    env = {"ONCOTWIN_DATA_DIR": str(tmp_path / "var")}
+    if SYNTHEA.is_dir():  # tests that read it are marked requires_data
+        env["PATIENT_DATA_DIR"] = str(SYNTHEA)
+    return load_settings(env)
+
+
+def _csrf(html: str, name: str) -> str:
+    pattern = r'name="csrf" value="([^"]+)"' if name == "form" else r'name="csrf-token" content="([^"]+)"'
+    found = re.search(pattern, html)
+    assert found, "page carries no CSRF token"
+    return found.group(1)
+
+
+def sign_in(client: FlaskClient, token: str) -> str:
+    """Sign in through the form; returns the session's CSRF token."""
+    form = client.get("/dashboard/signin")
+    response = client.post("/dashboard/signin", data={"csrf": _csrf(form.text, "form"), "token": token})
+    assert response.status_code == 303, response.text
+    return _csrf(client.get("/dashboard/patients").text, "meta")
+
+
+def patients(client: FlaskClient, csrf: str, query: str = "") -> dict[str, str]:
+    response = client.post("/dashboard/api/patients/search", json={"query": query}, headers={"X-CSRF-Token": csrf})
+    assert response.status_code == 200, response.text
+    return {p["name"]: p["id"] for p in response.json["patients"]}
+
+
+def test_pages_need_a_session_and_api_calls_get_an_operation_outcome(client: FlaskClient) -> None:
+    page = client.get("/dashboard/patients")
+    assert page.status_code == 303 and page.headers["Location"].endswith("/dashboard/signin?next=/dashboard/patients")
+    api = client.get("/dashboard/api/patients/0123456789abcdef01234567")
+    assert api.status_code == 401 and api.json["resourceType"] == "OperationOutcome"
+    # A bearer token is not a session: the dashboard API is for the signed-in browser only.
+    search = client.post("/dashboard/api/patients/search", json={"query": ""})
+    assert search.status_code == 401
+
+
+@requires_data
+def test_sign_in_returns_to_the_page_asked_for_and_nowhere_else(client: FlaskClient, mint: Callable[..., str]) -> None:
+    asked = client.get("/dashboard/patients/ffb8ae8f-8c7f-4475-8c42-d38419108e94")  # e.g. a CDS card link
+    assert asked.status_code == 303
+    form = client.get(asked.headers["Location"])
+    assert 'name="next" value="/dashboard/patients/ffb8ae8f-8c7f-4475-8c42-d38419108e94"' in form.text
+    done = client.post(
+        "/dashboard/signin",
+        data={
+            "csrf": _csrf(form.text, "form"),
+            "token": mint(),
+            "next": "/dashboard/patients/ffb8ae8f-8c7f-4475-8c42-d38419108e94",
+        },
+    )
+    assert done.headers["Location"] == "/dashboard/patients/ffb8ae8f-8c7f-4475-8c42-d38419108e94"
+    for evil in ("https://evil.example/", "//evil.example/x", "/dashboard/../health", "/dashboard/patients/x?y=1"):
+        form = client.get("/dashboard/signin", query_string={"next": evil})
+        assert 'name="next" value="/dashboard/patients"' in form.text
+
+
+def test_sign_in_checks_csrf_token_and_scope(client: FlaskClient, mint: Callable[..., str]) -> None:
+    client.get("/dashboard/signin")
+    assert client.post("/dashboard/signin", data={"csrf": "forged", "token": mint()}).status_code == 403
+    form = client.get("/dashboard/signin")
+    bad = client.post("/dashboard/signin", data={"csrf": _csrf(form.text, "form"), "token": "x.y.z"})
+    assert bad.status_code == 401 and "not valid" in bad.text
+    form = client.get("/dashboard/signin")
+    narrow = client.post(
+        "/dashboard/signin", data={"csrf": _csrf(form.text, "form"), "token": mint(["radiology.read"])}
+    )
+    assert narrow.status_code == 403 and "history.read" in narrow.text
+    assert client.get_cookie(SESSION_COOKIE, path="/dashboard") is None
+
+
+def test_session_cookie_is_httponly_strict_and_secure_over_https(app: Flask, mint: Callable[..., str]) -> None:
+    for base, secure in (("http://localhost", False), ("https://localhost", True)):
+        client = app.test_client()
+        form = client.get("/dashboard/signin", base_url=base)
+        response = client.post(
+            "/dashboard/signin", data={"csrf": _csrf(form.text, "form"), "token": mint()}, base_url=base
+        )
+        cookie = next(c for c in response.headers.getlist("Set-Cookie") if c.startswith(f"{SESSION_COOKIE}="))
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/dashboard" in cookie
+        assert ("Secure" in cookie) is secure
+
+
+@requires_data
+def test_search_needs_csrf_and_ids_are_opaque(client: FlaskClient, mint: Callable[..., str]) -> None:
+    csrf = sign_in(client, mint())
+    refused = client.post("/dashboard/api/patients/search", json={"query": ""})
+    assert refused.status_code == 403 and refused.json["resourceType"] == "OperationOutcome"
+    found = patients(client, csrf)
+    assert len(found) == 8 and "Sherman McGlynn" in found
+    assert all(re.fullmatch(r"[0-9a-f]{24}", pid) for pid in found.values())
+    assert "8ef2ef98" not in found["Sherman McGlynn"]  # not the FHIR id or file name either
+    assert list(patients(client, csrf, "mcglynn")) == ["Sherman McGlynn"]
+    too_long = client.post("/dashboard/api/patients/search", json={"query": "x" * 201}, headers={"X-CSRF-Token": csrf})
+    assert too_long.status_code == 400
+
+
+@requires_data
+def test_patient_page_data_and_sources(client: FlaskClient, mint: Callable[..., str]) -> None:
+    csrf = sign_in(client, mint())
+    pid = patients(client, csrf, "sherman")["Sherman McGlynn"]
+    page = client.get(f"/dashboard/api/patients/{pid}")
+    assert page.status_code == 200
+    data = page.json
+    assert {c["cancerType"] for c in data["timeline"]["cancers"]} == {"prostate", "sclc"}
+    assert any(line["regimen"] == "cisplatin + etoposide" for line in data["timeline"]["linesOfTherapy"])
+    assert {e["lane"] for e in data["timeline"]["events"]} >= {"diagnosis", "medication", "procedure"}
+    assert data["navigation"]["pathways"] and data["necessity"]["determinations"]
+    stage = next(e for e in data["timeline"]["events"] if e["kind"] == "stage")
+    source = client.get(f"/dashboard/api/patients/{pid}/source", query_string={"ref": stage["source"]})
+    assert source.status_code == 200 and source.json["resource"]["resourceType"] in {"Condition", "Observation"}
+    # Only resources the page cites: another patient's resource is not reachable through this one.
+    other = patients(client, csrf, "vito")["Vito Feeney"]
+    vito_ref = client.get(f"/dashboard/api/patients/{other}").json["timeline"]["events"][0]["source"]
+    refused = client.get(f"/dashboard/api/patients/{pid}/source", query_string={"ref": vito_ref})
+    assert refused.status_code == 404 and refused.json["resourceType"] == "OperationOutcome"
+    assert client.get("/dashboard/api/patients/not-an-id").status_code == 404
+    # CDS Hooks cards link with the EHR's FHIR id: the page redirects to the opaque id.
+    by_fhir_id = client.get("/dashboard/patients/ffb8ae8f-8c7f-4475-8c42-d38419108e94")
+    assert by_fhir_id.status_code == 303 and by_fhir_id.headers["Location"] == f"/dashboard/patients/{pid}"
+    assert client.get("/dashboard/api/patients/0123456789abcdef01234567").status_code == 404
+
+
+@requires_data
+def test_scopes_decide_the_sections(client: FlaskClient, mint: Callable[..., str]) -> None:
+    csrf = sign_in(client, mint(["history.read"]))
+    pid = patients(client, csrf, "sherman")["Sherman McGlynn"]
+    data = client.get(f"/dashboard/api/patients/{pid}").json
+    assert data["timeline"]["events"] and data["navigation"] is None and data["necessity"] is None
+    assert client.get(f"/dashboard/api/patients/{pid}/pathways/sclc@2026.11").status_code == 403
+
+
+@requires_data
+def test_pathway_view_marks_the_patients_path(client: FlaskClient, mint: Callable[..., str]) -> None:
+    csrf = sign_in(client, mint())
+    pid = patients(client, csrf, "sherman")["Sherman McGlynn"]
+    key = next(p["key"] for p in client.get(f"/dashboard/api/patients/{pid}").json["pathways"] if "sclc" in p["key"])
+    view = client.get(f"/dashboard/api/patients/{pid}/pathways/{key}").json
+    statuses = {n["id"]: n["status"] for n in view["nodes"]}
+    assert view["position"] and all(statuses[p] == "position" for p in view["position"])
+    on_path = [e for e in view["edges"] if e["onPath"]]
+    assert on_path and all(statuses[e["from"]] in {"done", "decided", "position"} for e in on_path)
+    assert client.get(f"/dashboard/api/patients/{pid}/pathways/breast@2026.11").status_code == 404
+
+
+def test_session_ends_when_idle_at_token_expiry_and_at_sign_out(app: Flask, mint: Callable[..., str]) -> None:
+    now = [1_000_000.0]
+    app.extensions[EXT].sessions = SessionStore(clock=lambda: now[0])
+    client = app.test_client()
+    csrf = sign_in(client, mint())
+    idle = app.extensions["oncotwin.settings"].dashboard_session_idle_s
+    now[0] += idle - 1
+    assert client.get("/dashboard/patients").status_code == 200  # activity restarts the idle timer
+    now[0] += idle - 1
+    assert client.get("/dashboard/patients").status_code == 200
+    now[0] += idle + 1
+    assert client.get("/dashboard/patients").status_code == 303
+    csrf = sign_in(client, mint())
+    assert client.post("/dashboard/signout", data={"csrf": "wrong"}).status_code == 403
+    assert client.post("/dashboard/signout", data={"csrf": csrf}).status_code == 303
+    assert client.get("/dashboard/patients").status_code == 303
+
+
+def test_signed_in_session_ends_at_the_tokens_exp(app: Flask, mint: Callable[..., str]) -> None:
+    import time
+
+    now = [time.time()]
+    app.extensions[EXT].sessions = SessionStore(clock=lambda: now[0])
+    client = app.test_client()
+    sign_in(client, mint(ttl=120))  # well inside the 900 s idle timeout
+    now[0] += 100
+    assert client.get("/dashboard/patients").status_code == 200
+    now[0] += 30
+    assert client.get("/dashboard/patients").status_code == 303
+
+
+def test_session_never_outlives_its_token() -> None:
+    now = [100.0]
+    store = SessionStore(clock=lambda: now[0])
+    session = store.create(Principal("dr", frozenset({"history.read"})), token_exp=160.0, idle_s=900)
+    now[0] = 159.0
+    assert store.get(session.id) is session
+    now[0] = 160.0
+    assert store.get(session.id) is None and len(store) == 0
+
+
+def test_headers_forbid_inline_script_and_framing(client: FlaskClient) -> None:
+    response = client.get("/dashboard/signin")
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert response.headers["Cache-Control"] == "no-store"
+    for template in TEMPLATES.glob("*.html"):
+        html = template.read_text()
+        assert not re.search(r"<script(?![^>]*\bsrc=)", html), f"inline script in {template.name}"
+        assert not re.search(r"\son[a-z]+=", html), f"inline event handler in {template.name}"
+        assert "http://" not in html and "https://" not in html, f"external URL in {template.name}"
+    assert client.get("/dashboard/static/timeline.js").status_code == 200
+    assert client.get("/dashboard/static/../app.py").status_code == 404
+
+
+@requires_data
+def test_folder_is_split_into_inputs() -> None:
+    inputs = split_inputs(FHIR)
+    names = {p.name for p in inputs}
+    assert "synthea-bulk-10" in names and "mcode-stu1-examples" in names  # folders read as one input
+    assert sum(1 for p in inputs if p.parent.name == "synthea") == 8  # bundles one by one
+    source = FolderSource(FHIR, cache_inputs=1)
+    assert len(source.entries()) == 8 + 13 + 2  # Synthea bundles, the bulk export's Patient file, mCODE
+    sherman = next(e for e in source.entries().values() if e.name == "Sherman McGlynn")
+    vito = next(e for e in source.entries().values() if e.name == "Vito Feeney")
+    first = source.load(sherman.id)
+    assert source.load(sherman.id).record is first.record  # cached
+    source.load(vito.id)
+    assert source.load(sherman.id).record is not first.record  # evicted by the bound of 1
+
+
+def test_smart_settings_fail_fast() -> None:
+    with pytest.raises(ConfigError, match="SMART_REDIRECT_URI"):
+        load_settings({"SMART_CLIENT_ID": "app"})
+    with pytest.raises(ConfigError, match="SMART_ALLOWED_ISSUERS"):
+        load_settings(
+            {
+                "SMART_CLIENT_ID": "app",
+                "SMART_REDIRECT_URI": "https://x/cb",
+                "SMART_ALLOWED_ISSUERS": "http://ehr.example.org/fhir",
+            }
+        )
+    with pytest.raises(ConfigError, match="PATIENT_DATA_DIR"):
+        load_settings({"PATIENT_DATA_DIR": "/no/such/folder"})
+
+
+# --- SMART on FHIR EHR launch against a fake EHR -------------------------------------------------
+
+
+def _fake_ehr() -> tuple[Flask, dict[str, Any]]:
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    ehr = Flask("fake-ehr")
+    seen: dict[str, Any] = {"codes": {}, "id_token_aud": None}
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = {**ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "ehr-1", "alg": "ES256", "use": "sig"}
+
+    @ehr.get("/fhir/.well-known/smart-configuration")
+    def configuration() -> Any:
+        base = request.host_url.rstrip("/")
+        return jsonify(
+            authorization_endpoint=f"{base}/authorize",
+            token_endpoint=f"{base}/token",
+            code_challenge_methods_supported=["S256"],
+            jwks_uri=f"{base}/jwks",
+            issuer=f"{base}/fhir",
+        )
+
+    @ehr.get("/jwks")
+    def jwks() -> Any:
+        return jsonify(keys=[public])
+
+    @ehr.get("/authorize")
+    def authorize() -> Any:
+        code = f"code-{len(seen['codes'])}"
+        seen["codes"][code] = dict(request.args)
+        return jsonify(code=code, state=request.args["state"])  # stands in for the redirect back
+
+    @ehr.post("/token")
+    def token() -> Any:
+        granted = seen["codes"].pop(request.form.get("code", ""), None)
+        verifier = request.form.get("code_verifier", "")
+        digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        if (
+            granted is None
+            or digest != granted["code_challenge"]
+            or request.form["redirect_uri"] != granted["redirect_uri"]
+        ):
+            return jsonify(error="invalid_grant"), 400
+        seen["token_requests"] = seen.get("token_requests", 0) + 1
+        now = int(time.time())
+        claims = {
+            "iss": f"{request.host_url.rstrip('/')}/fhir",
+            "aud": seen["id_token_aud"] or request.form["client_id"],
+            "sub": "u-42",
+            "fhirUser": "Practitioner/dr-ehr",
+            "iat": now,
+            "exp": now + 300,
+        }
+        id_token = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "ehr-1"})
+        return jsonify(
+            access_token="ehr-token",
+            token_type="Bearer",
+            expires_in=600,
+            patient="p1",
+            scope="launch",
+            id_token=id_token,
+        )
+
+    @ehr.get("/fhir/Patient/<pid>")
+    def patient(pid: str) -> Any:
+        seen["auth"] = request.headers.get("Authorization")
+        if pid != "p1":
+            return jsonify(resourceType="OperationOutcome"), 404
+        return jsonify(resourceType="Patient", id="p1", name=[{"given": ["Ada"], "family": "Launch"}], gender="female")
+
+    @ehr.get("/fhir/<rtype>")
+    def search(rtype: str) -> Any:
+        entries: list[dict[str, Any]] = []
+        if rtype == "Patient":
+            seen["patient_search"] = dict(request.args)
+            entries = [{"resource": {"resourceType": "Patient", "id": "p1", "name": [{"text": "Ada Launch"}]}}]
+        if rtype == "Condition":
+            condition = {
+                "resourceType": "Condition",
+                "id": "c1",
+                "subject": {"reference": "Patient/p1"},
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "254637007", "display": "NSCLC"}]},
+                "onsetDateTime": "2020-01-05",
+            }
+            entries = [{"resource": condition}]
+        return jsonify(resourceType="Bundle", type="searchset", entry=entries)
+
+    return ehr, seen
+
+
+@pytest.fixture
+def ehr() -> Iterator[tuple[str, dict[str, Any]]]:
+    app, seen = _fake_ehr()
+    with serve(app) as base:
+        yield base, seen
+
+
+@pytest.fixture
+def smart_client(ehr: tuple[str, dict[str, Any]], tmp_path: Path) -> FlaskClient:
+    from oncotwin.app import create_app
+
+    base, _ = ehr
+    settings = load_settings(
+        {
+            "ONCOTWIN_DATA_DIR": str(tmp_path / "var"),
+            "SMART_CLIENT_ID": "oncotwin-dashboard",
+            "SMART_REDIRECT_URI": "http://localhost/dashboard/callback",
+            "SMART_ALLOWED_ISSUERS": f"{base}/fhir",
+        }
+    )
+    return create_app(settings).test_client()
+
+
+def test_smart_launch_with_pkce_and_patient_context(
+    smart_client: FlaskClient, ehr: tuple[str, dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    import requests
+
+    base, seen = ehr
+    start = smart_client.get("/dashboard/launch", query_string={"iss": f"{base}/fhir", "launch": "L-123"})
+    assert start.status_code == 302
+    target = urlsplit(start.headers["Location"])
+    query = {k: v[0] for k, v in parse_qs(target.query).items()}
+    assert f"{target.scheme}://{target.netloc}{target.path}" == f"{base}/authorize"
+    assert query["code_challenge_method"] == "S256" and len(query["code_challenge"]) == 43
+    assert query["aud"] == f"{base}/fhir" and query["launch"] == "L-123" and query["client_id"] == "oncotwin-dashboard"
+    granted = requests.get(start.headers["Location"], timeout=10).json()  # the user approves at the EHR
+    done = smart_client.get("/dashboard/callback", query_string=granted)
+    assert done.status_code == 200 and seen["token_requests"] == 1
+    # The verified id_token names the user: the access log says who, not just which EHR.
+    launches = [json.loads(r.getMessage()) for r in caplog.records if "dashboard.smart-launch" in r.getMessage()]
+    assert [entry["subject"] for entry in launches] == ["Practitioner/dr-ehr"]
+    assert 'http-equiv="refresh"' in done.text and "/dashboard/patients/s-p1" in done.text
+    # The session reads the launch patient from the EHR's FHIR server with the EHR's token.
+    page = smart_client.get("/dashboard/api/patients/s-p1")
+    assert page.status_code == 200, page.text
+    assert page.json["patient"]["name"] == "Ada Launch" and seen["auth"] == "Bearer ehr-token"
+    assert [c["cancerType"] for c in page.json["timeline"]["cancers"]] == ["nsclc"]
+    # Limited to the patient in context, and the state cannot be replayed.
+    assert smart_client.get("/dashboard/api/patients/s-p2").status_code == 403
+    assert smart_client.get("/dashboard/callback", query_string=granted).status_code == 401
+
+
+def test_smart_launch_refuses_unknown_issuers_and_states(smart_client: FlaskClient) -> None:
+    evil = smart_client.get("/dashboard/launch", query_string={"iss": "https://evil.example/fhir", "launch": "x"})
+    assert evil.status_code == 403 and evil.json["resourceType"] == "OperationOutcome"
+    assert smart_client.get("/dashboard/launch", query_string={"launch": "x"}).status_code == 400
+    forged = smart_client.get("/dashboard/callback", query_string={"code": "c", "state": "forged"})
+    assert forged.status_code == 401
+
+
+def test_launch_without_smart_configured_is_a_400(client: FlaskClient) -> None:
+    response = client.get("/dashboard/launch", query_string={"iss": "https://ehr/fhir", "launch": "x"})
+    assert response.status_code == 400 and response.json["resourceType"] == "OperationOutcome"
+
+
+def test_fhir_server_patients_with_local_sign_in(ehr: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
+    from oncotwin.app import create_app
+    from shared.auth import LocalKeys
+
+    base, seen = ehr
+    settings = load_settings({"ONCOTWIN_DATA_DIR": str(tmp_path / "var"), "FHIR_BASE_URL": f"{base}/fhir"})
+    client = create_app(settings).test_client()
+    keys = LocalKeys(settings.data_dir)
+    token = keys.mint("dr", ["history.read"], 600, issuer=settings.token_issuer, audience=settings.token_audience)
+    csrf = sign_in(client, token)
+    assert patients(client, csrf, "ada") == {"Ada Launch": "s-p1"}
+    assert seen["patient_search"]["name"] == "ada"  # the name went server to server, not in a browser URL
+    page = client.get("/dashboard/api/patients/s-p1")
+    assert page.status_code == 200 and page.json["timeline"]["cancers"][0]["cancerType"] == "nsclc"
+    assert client.get("/dashboard/patients/p1").headers["Location"] == "/dashboard/patients/s-p1"
+
+
+def test_smart_launch_refuses_an_id_token_for_another_client(
+    smart_client: FlaskClient, ehr: tuple[str, dict[str, Any]]
+) -> None:
+    import requests
+
+    base, seen = ehr
+    seen["id_token_aud"] = "some-other-app"
+    start = smart_client.get("/dashboard/launch", query_string={"iss": f"{base}/fhir/", "launch": "L-9"})
+    granted = requests.get(start.headers["Location"], timeout=10).json()
+    refused = smart_client.get("/dashboard/callback", query_string=granted)
+    assert refused.status_code == 401 and refused.json["resourceType"] == "OperationOutcome"
+    assert SESSION_COOKIE not in refused.headers.get("Set-Cookie", "")
