@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,11 @@ from services.dashboard.sessions import SessionStore
 from services.dashboard.testing import serve
 from shared.auth import Principal
 from shared.config import Settings, load_settings
-from shared.errors import ConfigError
+from shared.errors import ConfigError, UpstreamError
+from shared.ttl_store import MemoryTtlStore, RedisTtlStore
 from tests.conftest import FHIR, SYNTHEA, requires_data
+
+REDIS = "redis://127.0.0.1:6379/12"  # the local server (.ci/run starts it), a database of its own
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "services" / "dashboard" / "templates"
 
@@ -212,12 +216,38 @@ def test_signed_in_session_ends_at_the_tokens_exp(app: Flask, mint: Callable[...
 
 def test_session_never_outlives_its_token() -> None:
     now = [100.0]
-    store = SessionStore(clock=lambda: now[0])
+    backend = MemoryTtlStore()
+    store = SessionStore(backend, clock=lambda: now[0])
     session = store.create(Principal("dr", frozenset({"history.read"})), token_exp=160.0, idle_s=900)
     now[0] = 159.0
-    assert store.get(session.id) is session
+    again = store.get(session.id)
+    assert again is not None and again.id == session.id and again.principal == session.principal
+    assert again.csrf == session.csrf
     now[0] = 160.0
-    assert store.get(session.id) is None and len(store) == 0
+    assert store.get(session.id) is None and len(backend) == 0
+
+
+def test_sessions_and_launch_states_are_shared_through_redis_when_configured(settings: Settings) -> None:
+    """Two stores on one Redis stand for two replicas: a session made by one is seen by the other,
+    sign-out on one ends it on both, and a launch state can be taken once only."""
+    prefix = f"oncotwin:test:{uuid.uuid4().hex}:"
+    one = SessionStore(RedisTtlStore(REDIS, prefix))
+    two = SessionStore(RedisTtlStore(REDIS, prefix))
+    session = one.create(Principal("dr", frozenset({"history.read"}), "ehr"), time.time() + 60, 900, patient="p1")
+    seen = two.get(session.id)
+    assert seen is not None and seen.principal == session.principal and seen.patient == "p1"
+    two.drop(session.id)
+    assert one.get(session.id) is None
+    launches = RedisTtlStore(REDIS, prefix)
+    launches.put("state", {"iss": "x"}, 60)
+    assert RedisTtlStore(REDIS, prefix).take("state") == {"iss": "x"} and launches.take("state") is None
+
+
+def test_a_redis_that_is_down_fails_closed_with_503() -> None:
+    store = SessionStore(RedisTtlStore("redis://127.0.0.1:1/0", "x:", timeout_s=0.2))
+    with pytest.raises(UpstreamError) as raised:
+        store.get("some-session")
+    assert raised.value.status == 503
 
 
 def test_headers_forbid_inline_script_and_framing(client: FlaskClient) -> None:

@@ -56,6 +56,7 @@ from shared.config import Settings
 from shared.errors import Forbidden, InvalidInput, OncoTwinError, Unauthorized
 from shared.fhir.server import FhirServerClient
 from shared.http import authenticates_itself, make_app, settings
+from shared.ttl_store import ttl_store
 
 HERE = Path(__file__).parent
 blueprint = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates")
@@ -83,10 +84,11 @@ class Dashboard:
     """Per-app state: sessions, the patient folder, the SMART launcher, a small page cache."""
 
     def __init__(self, app_settings: Settings) -> None:
-        self.sessions = SessionStore()
+        self.sessions = SessionStore(ttl_store(app_settings, "oncotwin:dashboard:session:"))
         root = app_settings.patient_data_dir or app_settings.data_dir / "patients"
         self.folder = FolderSource(root, app_settings.dashboard_cache_inputs)
-        self.smart = SmartLauncher(app_settings) if app_settings.smart_client_id else None
+        launches = ttl_store(app_settings, "oncotwin:dashboard:smart:")
+        self.smart = SmartLauncher(app_settings, pending=launches) if app_settings.smart_client_id else None
         self.pages: OrderedDict[tuple[str, frozenset[str], str], dict[str, Any]] = OrderedDict()
         self.pages_lock = threading.Lock()
 

@@ -13,11 +13,9 @@ import base64
 import hashlib
 import json
 import secrets
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -26,6 +24,7 @@ import requests
 
 from shared.config import Settings
 from shared.errors import Forbidden, InvalidInput, Unauthorized, UpstreamError
+from shared.ttl_store import MemoryTtlStore, TtlStore
 
 PENDING_TTL_S = 600.0
 MAX_PENDING = 1000
@@ -80,6 +79,7 @@ class SmartLauncher:
         settings: Settings,
         http: requests.Session | None = None,
         clock: Callable[[], float] = time.time,
+        pending: TtlStore | None = None,
     ) -> None:
         if not settings.smart_client_id or not settings.smart_redirect_uri:
             raise ValueError("SMART launch is not configured")
@@ -90,8 +90,8 @@ class SmartLauncher:
         self.timeout_s = settings.fhir_timeout_s
         self._http = http or requests.Session()
         self._clock = clock
-        self._lock = threading.Lock()
-        self._pending: OrderedDict[str, Pending] = OrderedDict()
+        # Launch states, single-use: Redis when configured, so the callback may reach any replica.
+        self._pending = pending if pending is not None else MemoryTtlStore(MAX_PENDING)
 
     def start(self, iss: str | None, launch: str | None) -> str:
         """The authorization URL to send the browser to."""
@@ -108,13 +108,9 @@ class SmartLauncher:
             raise UpstreamError("the authorization server does not support PKCE S256")
         state = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(64)
-        with self._lock:
-            self._expire()
-            jwks = _safe_endpoint(config["jwks_uri"]) if config.get("jwks_uri") else None
-            issuer = config.get("issuer") if isinstance(config.get("issuer"), str) else None
-            self._pending[state] = Pending(iss, verifier, token, self._clock(), jwks, issuer)
-            while len(self._pending) > MAX_PENDING:
-                self._pending.popitem(last=False)
+        jwks = _safe_endpoint(config["jwks_uri"]) if config.get("jwks_uri") else None
+        issuer = config.get("issuer") if isinstance(config.get("issuer"), str) else None
+        self._pending.put(state, asdict(Pending(iss, verifier, token, self._clock(), jwks, issuer)), PENDING_TTL_S)
         query = {
             "response_type": "code",
             "client_id": self.client_id,
@@ -130,10 +126,9 @@ class SmartLauncher:
 
     def finish(self, code: str | None, state: str | None, error: str | None = None) -> Launched:
         """Trade the code for a token; the state is single-use and must be one we issued."""
-        with self._lock:
-            self._expire()
-            pending = self._pending.pop(state or "", None)
-        if pending is None:
+        taken = self._pending.take(state) if state else None
+        pending = Pending(**taken) if taken is not None else None
+        if pending is None or self._clock() - pending.created > PENDING_TTL_S:
             raise Unauthorized("unknown or expired launch state")
         if error or not code:
             raise Unauthorized("the authorization server did not grant access")
@@ -181,11 +176,6 @@ class SmartLauncher:
             raise Unauthorized("the EHR's id_token could not be verified") from None
         user = claims.get("fhirUser") or claims.get("sub")
         return str(user)[:256] if user else None
-
-    def _expire(self) -> None:
-        cutoff = self._clock() - PENDING_TTL_S
-        for key in [k for k, p in self._pending.items() if p.created < cutoff]:
-            del self._pending[key]
 
     def _json(self, method: str, url: str, data: dict[str, str] | None = None) -> dict[str, Any]:
         try:
