@@ -30,6 +30,7 @@ bench: install-dev browser
 	$(PY) bench/timeline_vs_validation.py
 	$(PY) bench/pathway_queries.py
 	$(PY) bench/necessity.py
+	$(PY) bench/audit_throughput.py
 	$(PY) bench/radiology.py
 	$(PY) bench/dashboard.py
 

@@ -12,6 +12,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from oncotwin.audit_commands import add_audit_parser
 from oncotwin.graph_commands import add_graph_parser
 from oncotwin.radiology_commands import add_radiology_parser
 from shared.auth import SCOPES, LocalKeys
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_graph_parser(sub)
     add_radiology_parser(sub)
+    add_audit_parser(sub)
     return parser
 
 

@@ -46,7 +46,7 @@ SCOPES: Mapping[str, str] = MappingProxyType(
         "history.read": "read a patient's clinical history and timeline",
         "navigation.read": "read care-navigation status and next steps",
         "necessity.read": "read medical-necessity assessments",
-        "necessity.audit": "read the audit trail behind necessity assessments",
+        "necessity.audit": "run batch necessity audits over many patients and read their reports",
         "radiology.read": "read radiology findings and follow-up recommendations",
         "admin": "operate the service (ingest, keys, configuration)",
     }

@@ -10,6 +10,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from flask.blueprints import BlueprintSetupState
 
 from services.guidance import necessity_bundle, parse_format
+from services.medical_necessity.audit_app import blueprint as audits
 from services.medical_necessity.engine import assess, orders_to_review
 from services.medical_necessity.judge import Judge, judge_from_env
 from services.medical_necessity.openapi import openapi_document
@@ -65,4 +66,5 @@ def openapi() -> Response:
 def create_app(app_settings: Settings | None = None) -> Flask:
     app = make_app(__name__, app_settings)
     app.register_blueprint(blueprint)
+    app.register_blueprint(audits)
     return app

@@ -1,0 +1,240 @@
+"""What an audit reads: input references, their enumeration, and reading them into records.
+
+An input reference is a string that a task can carry over the broker (JSON):
+
+* ``file:<absolute path>``: one Bundle (or NDJSON file); it is one input.
+* ``folder:<absolute path>``: the files directly in a folder that are *not* Bundles (NDJSON files
+  of a Bulk Data export, loose resource JSON files), read together, because their resources refer
+  to each other.
+* ``fhir-search:<query string>``: a ``Patient`` search on the configured FHIR server; it expands
+  into one ``fhir-patient:<id>`` input per patient found.
+
+A folder given to an audit becomes one ``file:`` input per Bundle file in it (recursively) plus
+at most one ``folder:`` input per folder for the rest. A ``.json`` file is taken for a Bundle
+unless its first ``resourceType`` says otherwise, so a corrupt file stays an input of its own (and
+becomes one error row) instead of spoiling its neighbours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode
+
+from services.medical_necessity.engine import orders_to_review
+from shared.config import Settings
+from shared.errors import InvalidInput, Problem
+from shared.fhir.ingest import ingest, load_resources
+from shared.fhir.parse import RawResource, read_path
+from shared.fhir.record import Order, PatientRecord
+from shared.fhir.server import FhirServerClient
+
+FILE, FOLDER, SEARCH, PATIENT = "file:", "folder:", "fhir-search:", "fhir-patient:"
+PEEK_BYTES = 4096
+_RESOURCE_TYPE = re.compile(rb'"resourceType"\s*:\s*"([A-Za-z]+)"')
+_SEARCH_PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_:.\-]{0,63}$")
+MAX_INPUTS = 100_000
+
+
+def _is_json(path: Path) -> bool:
+    return path.name.endswith(".json")
+
+
+def _is_ndjson(path: Path) -> bool:
+    return path.name.endswith((".ndjson", ".ndjson.gz"))
+
+
+def _first_resource_type(path: Path) -> str | None:
+    with path.open("rb") as handle:
+        found = _RESOURCE_TYPE.search(handle.read(PEEK_BYTES))
+    return found.group(1).decode() if found else None
+
+
+def _folder_inputs(folder: Path) -> Iterator[str]:
+    loose = False
+    for child in sorted(folder.iterdir()):
+        if child.is_dir():
+            yield from _folder_inputs(child)
+        elif _is_ndjson(child):
+            loose = True
+        elif _is_json(child) and child.is_file():
+            kind = _first_resource_type(child)
+            if kind is None or kind == "Bundle":
+                yield FILE + str(child)
+            else:
+                loose = True
+    if loose:
+        yield FOLDER + str(folder)
+
+
+def confined(path: Path, root: Path | None) -> Path:
+    """``path`` resolved; when ``root`` is given it must lie inside it (no ``..``, no symlink escape)."""
+    if root is None:
+        return path.resolve()
+    base = root.resolve()
+    resolved = (base / path).resolve()
+    if not resolved.is_relative_to(base):
+        raise InvalidInput("input paths must lie inside the audit input folder", issue_code="value")
+    return resolved
+
+
+def enumerate_paths(paths: Sequence[str | Path], root: Path | None = None) -> list[str]:
+    """Input references for files and folders (relative to ``root`` when one is given)."""
+    if not paths:
+        raise InvalidInput("name at least one input", issue_code="required")
+    refs: list[str] = []
+    for raw in paths:
+        path = confined(Path(raw), root)
+        if path.is_dir():
+            refs.extend(_folder_inputs(path))
+        elif path.is_file():
+            refs.append(FILE + str(path))
+        else:
+            shown = raw if root is not None else path.name  # the caller's own words, or a file name
+            raise InvalidInput(f"no such file or folder: {shown}", issue_code="not-found")
+        if len(refs) > MAX_INPUTS:
+            raise InvalidInput(f"an audit takes at most {MAX_INPUTS} inputs", issue_code="too-costly")
+    return list(dict.fromkeys(refs))
+
+
+def search_ref(query: str | dict[str, str]) -> str:
+    """``fhir-search:`` reference for a Patient search, parameters checked and normalised."""
+    pairs = list(query.items()) if isinstance(query, dict) else parse_qsl(query, keep_blank_values=False)
+    for name, value in pairs:
+        if not _SEARCH_PARAM.match(str(name)) or len(str(value)) > 256:
+            raise InvalidInput("FHIR search parameters must be plain names with short values", issue_code="value")
+    return SEARCH + urlencode(sorted((str(k), str(v)) for k, v in pairs))
+
+
+def label(ref: str, root: Path | None = None) -> str:
+    """How a report names an input: relative to ``root`` (no server paths leak), else as stored."""
+    kind, _, rest = ref.partition(":")
+    if kind not in {"file", "folder"}:
+        return ref
+    base = (root or Path.cwd()).resolve()
+    path = Path(rest)
+    return (str(path.relative_to(base)) or ".") if path.is_relative_to(base) else rest
+
+
+def key(*parts: str) -> str:
+    """A fixed-width idempotency key (SHA-1 hex) of its parts."""
+    return hashlib.sha1("\x1f".join(parts).encode(), usedforsecurity=False).hexdigest()
+
+
+def _folder_raws(folder: Path) -> Iterable[RawResource]:
+    files = [
+        p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and (_is_ndjson(p) or (_is_json(p) and _first_resource_type(p) not in (None, "Bundle")))
+    ]
+    return chain.from_iterable(read_path(p) for p in files)
+
+
+def read_input(ref: str, settings: Settings) -> list[PatientRecord]:
+    """The patients of one input; raises the shared error family for inputs that cannot be used."""
+    kind, _, rest = ref.partition(":")
+    if kind == "file":
+        return ingest(read_path(Path(rest)), strict=settings.strict_ingest).records
+    if kind == "folder":
+        return ingest(_folder_raws(Path(rest)), strict=settings.strict_ingest).records
+    if kind == "fhir-patient":
+        with _client(settings) as client:
+            resources = client.patient_resources(rest)
+        return load_resources(resources, origin="server", strict=settings.strict_ingest).records
+    raise InvalidInput(f"unknown input kind {kind!r}")
+
+
+def expand_search(ref: str, settings: Settings) -> list[str]:
+    """The ``fhir-patient:`` inputs a ``fhir-search:`` input stands for."""
+    with _client(settings) as client:
+        found = client.search_patients(dict(parse_qsl(ref.removeprefix(SEARCH))))
+    ids = [r["id"] for r in found if r.get("resourceType") == "Patient" and isinstance(r.get("id"), str)]
+    return [PATIENT + pid for pid in dict.fromkeys(ids)]
+
+
+def _client(settings: Settings) -> FhirServerClient:
+    if settings.fhir_base_url is None:
+        raise InvalidInput(
+            "FHIR server inputs need FHIR_BASE_URL",
+            [Problem("not-supported", "no FHIR server configured (FHIR_BASE_URL)")],
+        )
+    return FhirServerClient.from_settings(settings)
+
+
+def fingerprint(ref: str) -> str:
+    """Changes when the files behind ``ref`` change (size, mtime), so a cache never serves stale data."""
+    kind, _, rest = ref.partition(":")
+    path = Path(rest)
+    if kind == "file":
+        files = [path]
+    elif kind == "folder":
+        files = sorted(p for p in path.iterdir() if p.is_file())
+    else:
+        return ref  # server data: cached for the life of the worker process's cache entry
+    parts = []
+    for file in files:
+        try:
+            stat = file.stat()
+        except OSError:
+            continue
+        parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return key(ref, *parts)
+
+
+@dataclass
+class LoadedInput:
+    """An ingested input, with its reviewable orders indexed on first use (a record with hundreds of
+    orders must not be scanned again for each of them)."""
+
+    records: list[PatientRecord]
+    _orders: dict[tuple[str, str], list[Order]] | None = None
+
+    def orders(self, patient: str, reference: str) -> tuple[PatientRecord | None, list[Order]]:
+        """The patient's record and its reviewable orders with this reference (usually one)."""
+        if self._orders is None:
+            index: dict[tuple[str, str], list[Order]] = {}
+            for each in self.records:
+                for order in orders_to_review(each):
+                    index.setdefault((each.id, order.reference), []).append(order)
+            self._orders = index
+        found = next((r for r in self.records if r.id == patient), None)
+        return found, self._orders.get((patient, reference), [])
+
+
+class RecordCache:
+    """A bounded, per-process LRU of ingested inputs, so the orders of one input share one ingest."""
+
+    def __init__(self, capacity: int = 8) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, LoadedInput] = OrderedDict()
+        self._lock = threading.Lock()
+        self.misses = 0
+
+    def get(self, ref: str, settings: Settings) -> LoadedInput:
+        token = fingerprint(ref)
+        with self._lock:
+            loaded = self._items.get(token)
+            if loaded is not None:
+                self._items.move_to_end(token)
+                return loaded
+        self.misses += 1
+        loaded = LoadedInput(read_input(ref, settings))
+        self._store(token, loaded)
+        return loaded
+
+    def put(self, ref: str, records: list[PatientRecord]) -> None:
+        """An input just read elsewhere (the expand step), so its orders need not read it again."""
+        self._store(fingerprint(ref), LoadedInput(records))
+
+    def _store(self, token: str, loaded: LoadedInput) -> None:
+        with self._lock:
+            self._items[token] = loaded
+            self._items.move_to_end(token)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)

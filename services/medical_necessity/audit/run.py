@@ -1,0 +1,231 @@
+"""The steps of an audit, free of Celery: start, expand one input, evaluate one order, resume.
+
+The tasks are thin callers of :class:`Auditor`; a step returns the work it creates (inputs to
+expand, orders to evaluate) and the caller enqueues it. Every step is idempotent: it can run again
+after a crash or a redelivery and the report still holds each order exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from graph import open_store
+from graph.queries import PathwayQueries
+from services.medical_necessity.audit import store
+from services.medical_necessity.audit.inputs import (
+    SEARCH,
+    RecordCache,
+    enumerate_paths,
+    expand_search,
+    key,
+    label,
+    read_input,
+    search_ref,
+)
+from services.medical_necessity.engine import assess, orders_to_review
+from services.medical_necessity.judge import Judge, NoJudge
+from shared.config import Settings
+from shared.db import sessions
+from shared.errors import InvalidInput, OncoTwinError, UpstreamError
+from shared.fhir.record import PatientRecord
+from shared.llm import LLMUnavailable
+
+logger = logging.getLogger(__name__)
+TRANSIENT = (UpstreamError, LLMUnavailable, ConnectionError, TimeoutError)
+InputSpec = tuple[str, str, str]  # input key, reference, label
+
+
+@dataclass
+class Work:
+    """What a step leaves to do: inputs to expand and orders to evaluate."""
+
+    inputs: list[InputSpec] = field(default_factory=list)
+    orders: list[store.PendingOrder] = field(default_factory=list)
+
+
+def cancer_of(record: PatientRecord) -> str:
+    """The report's "cancer" column: the patient's primary cancer types (or every cancer's)."""
+    primaries = [c for c in record.cancers if c.role == "primary"] or record.cancers
+    return "+".join(sorted({c.cancer_type for c in primaries})) or "none"
+
+
+def _given_up(exc: Exception, final: bool) -> str:
+    """Re-raise a transient failure for the task to retry; once retries are spent, the row's error."""
+    if not final:
+        raise exc
+    return f"a service the audit needs kept failing; gave up after retries ({type(exc).__name__})"
+
+
+class Auditor:
+    """One per process: the database, the pathway queries, the judge and the record cache."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        judge: Judge | None = None,
+        queries: PathwayQueries | None = None,
+        cache: RecordCache | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = sessions(settings)
+        self.rows = store.OrderRows(settings)
+        self.judge = judge or NoJudge()
+        self._queries = queries
+        self.cache = cache or RecordCache()
+
+    @property
+    def queries(self) -> PathwayQueries:
+        if self._queries is None:
+            self._queries = PathwayQueries(open_store(self.settings))
+        return self._queries
+
+    # -- starting ---------------------------------------------------------------------------------
+
+    def start(
+        self,
+        paths: Sequence[str | Path] = (),
+        searches: Sequence[str | dict[str, str]] = (),
+        root: Path | None = None,
+        owner: str | None = None,
+    ) -> tuple[str, Work]:
+        """A new audit over files/folders (confined to ``root`` when given) and FHIR searches."""
+        if searches and self.settings.fhir_base_url is None:
+            raise InvalidInput(
+                "FHIR searches need a FHIR server (FHIR_BASE_URL is not set)", issue_code="not-supported"
+            )
+        refs = enumerate_paths(paths, root) if paths else []
+        refs += [search_ref(s) for s in searches]
+        if not refs:
+            raise InvalidInput("name at least one input (a path or a FHIR search)", issue_code="required")
+        specs = [(key(ref), ref, label(ref, root)) for ref in refs]
+        audit_id = store.create_audit(self.db, specs, owner)
+        return audit_id, Work(inputs=specs)
+
+    def resume(self, audit_id: str) -> Work:
+        """Everything still pending: inputs not yet expanded and orders not yet evaluated."""
+        store.get_audit(self.db, audit_id)
+        work = Work(store.pending_inputs(self.db, audit_id), store.pending_orders(self.db, audit_id))
+        if not work.inputs and not work.orders:
+            store.finish_if_complete(self.db, audit_id)
+        return work
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def expand(self, audit_id: str, input_key: str, ref: str, input_label: str, *, final: bool = False) -> Work:
+        """Read one input, add a pending row per order to review (or one error row), return them.
+
+        A transient failure (FHIR server down) is raised for the task to retry, unless ``final``
+        (retries spent): then it becomes the input's error row, so the audit can finish."""
+        if not store.is_active(self.db, audit_id):
+            return Work()
+        if ref.startswith(SEARCH):
+            return self._expand_search(audit_id, input_key, ref, input_label, final)
+        try:
+            records = read_input(ref, self.settings)
+        except TRANSIENT as exc:
+            self._input_error(audit_id, input_key, ref, input_label, _given_up(exc, final))
+            return Work()
+        except OncoTwinError as exc:
+            self._input_error(audit_id, input_key, ref, input_label, exc.message)
+            return Work()
+        except Exception as exc:  # an unreadable input must not stop the audit
+            logger.warning("audit input could not be read (%s)", type(exc).__name__)
+            self._input_error(audit_id, input_key, ref, input_label, f"input could not be read ({type(exc).__name__})")
+            return Work()
+        self.cache.put(ref, records)
+        rows = []
+        for record in records:
+            seen: Counter[str] = Counter()
+            cancer = cancer_of(record)
+            for order in orders_to_review(record):
+                occurrence = seen[order.reference]
+                seen[order.reference] += 1
+                rows.append(
+                    {
+                        "order_key": key(ref, record.id, order.reference, str(occurrence)),
+                        "input": input_label,
+                        "patient": record.id,
+                        "reference": order.reference,
+                        "occurrence": occurrence,
+                        "system": order.code.system,
+                        "code": order.code.code,
+                        "display": order.code.display,
+                        "cancer": cancer,
+                    }
+                )
+        store.add_orders(self.db, audit_id, input_key, rows)
+        pending = store.pending_orders(self.db, audit_id, input_key)
+        if not pending:
+            store.finish_if_complete(self.db, audit_id)
+        return Work(orders=pending)
+
+    def _expand_search(self, audit_id: str, input_key: str, ref: str, input_label: str, final: bool) -> Work:
+        try:
+            found = expand_search(ref, self.settings)
+        except TRANSIENT as exc:
+            self._input_error(audit_id, input_key, ref, input_label, _given_up(exc, final))
+            return Work()
+        except OncoTwinError as exc:
+            self._input_error(audit_id, input_key, ref, input_label, exc.message)
+            return Work()
+        children = [(key(child), child, child) for child in found]
+        store.add_inputs(self.db, audit_id, input_key, children)
+        if not children:
+            store.finish_if_complete(self.db, audit_id)
+        return Work(inputs=children)
+
+    def _input_error(self, audit_id: str, input_key: str, ref: str, input_label: str, message: str) -> None:
+        store.add_input_error(self.db, audit_id, input_key, key(ref, "input-error"), input_label, message)
+        store.finish_if_complete(self.db, audit_id)
+
+    def evaluate(
+        self,
+        audit_id: str,
+        order_key: str,
+        ref: str,
+        patient: str,
+        reference: str,
+        occurrence: int,
+        *,
+        final: bool = False,
+    ) -> bool:
+        """Determine one order and write it if its row is still pending; True if this call wrote it.
+        Transient failures are raised for a retry, or written as the row's error when ``final``."""
+        row_state, audit_state = self.rows.state(audit_id, order_key)
+        if row_state != store.PENDING:
+            return False  # done by an earlier delivery, or cancelled
+        if audit_state != store.RUNNING:  # a row added while the audit was being cancelled
+            self.rows.finish(audit_id, order_key, {"state": store.CANCELLED, "error": "cancelled"})
+            return False
+        started = time.perf_counter()
+        values: dict[str, Any]
+        try:
+            values = self._determine(ref, patient, reference, occurrence)
+        except TRANSIENT as exc:
+            values = {"state": store.ERROR, "error": _given_up(exc, final)}
+        except OncoTwinError as exc:
+            values = {"state": store.ERROR, "error": exc.message}
+        except Exception as exc:  # one bad order must not stop the audit
+            logger.warning("audit order could not be evaluated (%s)", type(exc).__name__)
+            values = {"state": store.ERROR, "error": f"evaluation failed ({type(exc).__name__})"}
+        values["elapsed_ms"] = (time.perf_counter() - started) * 1000
+        return self.rows.finish(audit_id, order_key, values)
+
+    def _determine(self, ref: str, patient: str, reference: str, occurrence: int) -> dict[str, Any]:
+        record, matches = self.cache.get(ref, self.settings).orders(patient, reference)
+        if record is None or occurrence >= len(matches):
+            return {"state": store.ERROR, "error": "the order is no longer in the input"}
+        out = assess(record, self.queries, [matches[occurrence]], self.judge).determinations[0]
+        return {
+            "state": store.DONE,
+            "determination": out.determination,
+            "confidence": out.confidence,
+            "needs_review": out.needs_review,
+            "pathway": out.pathway,
+        }

@@ -1,0 +1,132 @@
+"""Celery face of batch necessity audits: thin callers of :class:`~services.medical_necessity.audit.run.Auditor`.
+
+``audit_input`` reads one input once, adds a pending row per order and enqueues one
+``audit_order`` task per row; ``audit_order`` evaluates one order (its record from the worker
+process's bounded cache, so the orders of one input share one ingest) and writes its row.
+
+Resume is automatic: each time a worker that consumes the ``necessity`` queue connects to the
+broker (at start, and again after the broker restarted), it re-enqueues every pending input and
+order of every running audit (:class:`ResumeAudits`); ``POST
+/necessity/v1/audits/<id>/resume`` and ``oncotwin audit --resume`` do the same on demand (e.g.
+after a broker restart lost its queue). A duplicate delivery costs one SELECT: the guarded UPDATE
+in the store writes each order once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import AbstractContextManager, nullcontext
+from functools import cache
+from typing import Any
+
+from celery import Task, bootsteps
+
+from services.medical_necessity.audit import store
+from services.medical_necessity.audit.run import Auditor, InputSpec, Work
+from services.medical_necessity.judge import judge_from_env
+from shared.celery_app import celery_app
+from shared.config import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+QUEUE = "necessity"
+INPUT_PRIORITY = 9
+RESUME_QUIET_S = 30.0  # workers connecting within this window resume an audit once between them
+
+
+@cache
+def auditor() -> Auditor:
+    """The worker process's auditor (settings from the environment, LLM jury only if configured)."""
+    return Auditor(load_settings(), judge_from_env(os.environ))
+
+
+def _final(task: Task) -> bool:
+    """The last attempt: transient failures are then written as errors, so the audit can finish."""
+    return task.request.retries >= (task.max_retries or 0)
+
+
+@celery_app.task(name="oncotwin.necessity.audit_input", ignore_result=True, bind=True)
+def audit_input(self: Task, audit_id: str, input_key: str, ref: str, label: str) -> None:
+    enqueue(audit_id, auditor().expand(audit_id, input_key, ref, label, final=_final(self)))
+
+
+@celery_app.task(name="oncotwin.necessity.audit_order", ignore_result=True, bind=True)
+def audit_order(
+    self: Task, audit_id: str, order_key: str, ref: str, patient: str, reference: str, occurrence: int
+) -> bool:
+    return auditor().evaluate(audit_id, order_key, ref, patient, reference, occurrence, final=_final(self))
+
+
+def enqueue(audit_id: str, work: Work) -> None:
+    """Send the work over one producer connection (thousands of orders: one connection, not one each)."""
+    if not work.inputs and not work.orders:
+        return
+    with celery_app.producer_or_acquire() as producer, _batch(producer):
+        for spec in work.inputs:
+            # Lowest priority (Redis serves 0 first): an input's orders run before inputs still waiting
+            # to be read, while its record is in the worker's cache. Brokers without priorities ignore it.
+            audit_input.apply_async(args=[audit_id, *spec], producer=producer, priority=INPUT_PRIORITY)
+        for order in work.orders:
+            audit_order.apply_async(args=order.args(audit_id), producer=producer)
+
+
+def _batch(producer: Any) -> AbstractContextManager[Any]:
+    """One broker round trip for many messages where the transport can (kombu's batches: Redis
+    pipelines); elsewhere each message goes out on its own."""
+    batch = getattr(producer, "batch", None)
+    return batch() if batch is not None else nullcontext()
+
+
+def start(
+    settings: Settings,
+    paths: list[str] | None = None,
+    searches: list[Any] | None = None,
+    root: Any = None,
+    owner: str | None = None,
+) -> tuple[str, list[InputSpec]]:
+    """Create an audit and enqueue its inputs; returns its id and inputs."""
+    audit_id, work = Auditor(settings).start(paths or [], searches or [], root, owner)
+    enqueue(audit_id, work)
+    return audit_id, work.inputs
+
+
+def resume(settings: Settings, audit_id: str) -> Work:
+    """Re-enqueue what is still pending of one audit."""
+    work = Auditor(settings).resume(audit_id)
+    enqueue(audit_id, work)
+    return work
+
+
+def resume_running(settings: Settings) -> int:
+    """Re-enqueue the pending work of every running audit not resumed in the last
+    ``RESUME_QUIET_S`` seconds by another worker; returns how many audits this call resumed."""
+    audits = Auditor(settings)
+    resumed = 0
+    for audit_id in store.running_audits(audits.db):
+        if not store.claim_resume(audits.db, audit_id, RESUME_QUIET_S):
+            continue
+        work = audits.resume(audit_id)
+        enqueue(audit_id, work)
+        resumed += 1
+        logger.info("audit %s resumed: %d inputs, %d orders re-enqueued", audit_id, len(work.inputs), len(work.orders))
+    return resumed
+
+
+class ResumeAudits(bootsteps.StartStopStep):
+    """Runs each time the worker's consumer (re)connects: at start, and after the broker came back
+    (a restarted Redis without persistence has lost the queue; a killed worker's messages wait for
+    the visibility timeout). Only workers that consume the necessity queue resume audits."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, c: Any) -> None:
+        queues = set(c.app.amqp.queues.consume_from or {QUEUE: None})
+        if QUEUE not in queues:
+            return
+        try:
+            resume_running(load_settings())
+        except Exception:  # the database may be down too; the next reconnect or a manual resume retries
+            logger.exception("could not resume running audits")
+
+
+celery_app.steps["consumer"].add(ResumeAudits)

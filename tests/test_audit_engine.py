@@ -1,0 +1,433 @@
+"""Batch necessity audits without a worker: inputs, store idempotency (SQLite and PostgreSQL),
+in-process runs of every step, reports, and the HTTP API with an inline queue."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import update
+
+from services.medical_necessity.audit import store
+from services.medical_necessity.audit.inputs import FILE, FOLDER, enumerate_paths, key
+from services.medical_necessity.audit.report import report_csv, report_html, report_json
+from services.medical_necessity.audit.run import Auditor, Work
+from services.medical_necessity.engine import REVIEWABLE_STATUSES, orders_to_review
+from shared.config import Settings, load_settings
+from shared.errors import InvalidInput, UpstreamError
+from shared.fhir.codes import codings, concept_text
+from shared.fhir.ingest import load_path
+from shared.fhir.parse import read_path
+from shared.llm import LLMUnavailable
+from shared.terminology import terminology
+from tests.celery_support import postgres_database, servers_available
+from tests.conftest import FHIR, requires_data, synthea
+
+pytestmark = requires_data
+ORDER_BUNDLES = ("Andy_Schaden", "Micah_Schinner", "Sherman_McGlynn", "Whitney_Ortiz")  # 2 orders each
+
+
+def drain(auditor: Auditor, audit_id: str, work: Work) -> None:
+    """Run every step in this process, as the workers would (breadth first)."""
+    inputs, orders = list(work.inputs), list(work.orders)
+    while inputs or orders:
+        if inputs:
+            found = auditor.expand(audit_id, *inputs.pop(0))
+            inputs += found.inputs
+            orders += found.orders
+        else:
+            auditor.evaluate(audit_id, *orders.pop(0).args(audit_id)[1:])
+
+
+def orders_by_engine(paths: list[Path]) -> set[tuple[str, str]]:
+    """(patient, order reference) of every order, from the engine's own choice per ingested record."""
+    found = set()
+    for path in paths:
+        for record in load_path(path).records:
+            found |= {(record.id, o.reference) for o in orders_to_review(record)}
+    return found
+
+
+def orders_by_definition(paths: list[Path]) -> set[str]:
+    """Order references from the raw resources: a ServiceRequest, or a MedicationRequest of an
+    antineoplastic drug, in a reviewable status (the definition the README gives)."""
+    terms = terminology()
+    found = set()
+    for path in paths:
+        for raw in read_path(path):
+            res = raw.resource
+            if raw.type not in ("MedicationRequest", "ServiceRequest") or res.get("status") not in REVIEWABLE_STATUSES:
+                continue
+            if raw.type == "MedicationRequest":
+                concept = res.get("medicationCodeableConcept")
+                names, drug_class = terms.drugs_in(codings(concept), concept_text(concept))
+                if not names or drug_class in (None, "supportive"):
+                    continue
+            found.add(f"{raw.type}/{res['id']}")
+    return found
+
+
+def all_inputs() -> list[Path]:
+    return [p for p in FHIR.iterdir() if p.is_dir()]
+
+
+@pytest.fixture
+def auditor(settings: Settings) -> Auditor:
+    return Auditor(settings)
+
+
+# -- inputs -----------------------------------------------------------------------------------------
+
+
+def test_the_data_folder_is_one_input_per_bundle_and_one_per_export() -> None:
+    refs = enumerate_paths([FHIR])
+    files = [r for r in refs if r.startswith(FILE)]
+    folders = sorted(Path(r.removeprefix(FOLDER)).name for r in refs if r.startswith(FOLDER))
+    assert len(files) == len(list((FHIR / "synthea").glob("*.json"))) == 8
+    assert folders == ["mcode-stu1-examples", "synthea-bulk-10"]  # loose resources and NDJSON read together
+
+
+def test_a_corrupt_file_is_an_input_of_its_own(tmp_path: Path) -> None:
+    shutil.copy(synthea("Andy_Schaden"), tmp_path / "good.json")
+    (tmp_path / "corrupt.json").write_bytes(b'{"resourceType": "Bundle", "type": "collection", "entry": [')
+    (tmp_path / "junk.json").write_bytes(b"\x00not json")
+    shutil.copy(FHIR / "mcode-stu1-examples" / "Patient-mCODEPatientExample01.json", tmp_path / "patient.json")
+    refs = enumerate_paths([tmp_path])
+    assert sorted(refs) == sorted(
+        [FILE + str(tmp_path / n) for n in ("corrupt.json", "good.json", "junk.json")] + [FOLDER + str(tmp_path)]
+    )
+
+
+def test_paths_must_stay_inside_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "secret.json").write_text("{}")
+    (root / "link.json").symlink_to(tmp_path / "secret.json")
+    for path in ("../secret.json", "link.json", "/etc/passwd"):
+        with pytest.raises(InvalidInput, match="inside the audit input folder"):
+            enumerate_paths([path], root)
+    with pytest.raises(InvalidInput, match="no such file"):
+        enumerate_paths(["missing.json"], root)
+
+
+# -- a whole audit, in process ---------------------------------------------------------------------------
+
+
+def test_an_audit_of_all_the_data_has_one_row_per_order(auditor: Auditor) -> None:
+    audit_id, work = auditor.start([FHIR])
+    drain(auditor, audit_id, work)
+    rows = store.rows(auditor.db, audit_id)
+    by_engine = orders_by_engine(all_inputs())
+    by_definition = orders_by_definition(all_inputs())
+    assert {r.reference for r in rows} == by_definition == {ref for _, ref in by_engine}
+    assert sorted((r.patient, r.reference) for r in rows) == sorted(by_engine)  # each exactly once
+    assert all(r.state == store.DONE and r.determination for r in rows)
+    status = store.status(auditor.db, audit_id)
+    assert status["state"] == store.FINISHED
+    assert status["orders"]["done"] == len(by_engine) == 8
+    assert status["inputs"] == {"total": 10, "pending": 0, "expanded": 10, "error": 0, "cancelled": 0}
+    assert sum(status["determinations"].values()) == 8
+
+
+def test_redelivered_steps_write_nothing_twice(auditor: Auditor) -> None:
+    audit_id, work = auditor.start([synthea("Micah_Schinner")])
+    (spec,) = work.inputs
+    first = auditor.expand(audit_id, *spec)
+    assert len(first.orders) == 2
+    again = auditor.expand(audit_id, *spec)  # a redelivered expand: same rows, still pending
+    assert [o.order_key for o in again.orders] == [o.order_key for o in first.orders]
+    assert [auditor.evaluate(audit_id, *o.args(audit_id)[1:]) for o in first.orders] == [True, True]
+    before = [(r.id, r.finished, r.determination) for r in store.rows(auditor.db, audit_id)]
+    assert [auditor.evaluate(audit_id, *o.args(audit_id)[1:]) for o in first.orders] == [False, False]
+    assert auditor.expand(audit_id, *spec).orders == []
+    assert [(r.id, r.finished, r.determination) for r in store.rows(auditor.db, audit_id)] == before
+    assert auditor.resume(audit_id).orders == []
+    assert store.get_audit(auditor.db, audit_id).state == store.FINISHED
+
+
+def test_a_corrupt_bundle_is_one_error_row_and_the_rest_complete(auditor: Auditor, tmp_path: Path) -> None:
+    for name in ORDER_BUNDLES[:2]:
+        shutil.copy(synthea(name), tmp_path / f"{name}.json")
+    (tmp_path / "corrupt.json").write_bytes(synthea("Andy_Schaden").read_bytes()[:5000])
+    audit_id, work = auditor.start([tmp_path])
+    drain(auditor, audit_id, work)
+    rows = store.rows(auditor.db, audit_id)
+    errors = [r for r in rows if r.state == store.ERROR]
+    assert len(errors) == 1
+    assert errors[0].input.endswith("corrupt.json")
+    assert "not valid JSON" in (errors[0].error or "")
+    assert errors[0].reference is None
+    assert [r.state for r in rows if r is not errors[0]] == [store.DONE] * 4
+    assert store.status(auditor.db, audit_id)["state"] == store.FINISHED
+
+
+def test_cancel_stops_pending_orders(auditor: Auditor) -> None:
+    audit_id, work = auditor.start([synthea("Whitney_Ortiz")])
+    found = auditor.expand(audit_id, *work.inputs[0])
+    assert auditor.evaluate(audit_id, *found.orders[0].args(audit_id)[1:])
+    store.cancel(auditor.db, audit_id)
+    assert not auditor.evaluate(audit_id, *found.orders[1].args(audit_id)[1:])
+    status = store.status(auditor.db, audit_id)
+    assert status["state"] == store.CANCELLED
+    assert status["orders"] | {"total": 2} == {"total": 2, "pending": 0, "done": 1, "error": 0, "cancelled": 1}
+    assert auditor.resume(audit_id).orders == []
+
+
+def test_a_fhir_server_search_becomes_one_input_per_patient(tmp_path: Path) -> None:
+    from tests.test_fhir_server import TOKEN, FakeFhir, _load_bulk, serving
+
+    with serving(FakeFhir(_load_bulk())) as fhir:
+        env = {"ONCOTWIN_DATA_DIR": str(tmp_path / "var"), "FHIR_BASE_URL": fhir.base_url, "FHIR_BEARER_TOKEN": TOKEN}
+        auditor = Auditor(load_settings(env))
+        audit_id, work = auditor.start(searches=["gender=female"])
+        drain(auditor, audit_id, work)
+        women = {p["id"] for p in fhir.bulk.patients.values() if p.get("gender") == "female"}
+        assert fhir.requests_to("/fhir/Patient")  # the search was made
+    status = store.status(auditor.db, audit_id)
+    assert women and status["inputs"] | {"total": 0} == {
+        "total": 0,
+        "pending": 0,
+        "expanded": 1 + len(women),
+        "error": 0,
+        "cancelled": 0,
+    }
+    assert status["inputs"]["total"] == 1 + len(women) and status["state"] == store.FINISHED
+    assert store.rows(auditor.db, audit_id) == []  # these patients' orders are all stopped or completed
+
+
+def test_transient_failures_are_retried_then_written_as_errors(
+    auditor: Auditor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.medical_necessity.audit import run
+
+    audit_id, work = auditor.start([synthea("Micah_Schinner"), synthea("Whitney_Ortiz")])
+    first, second = work.inputs
+    orders = auditor.expand(audit_id, *first).orders
+
+    def server_down(*_: object) -> None:
+        raise UpstreamError("FHIR server did not answer in time", 504)
+
+    def llm_down(*_: object) -> None:
+        raise LLMUnavailable("no answer")
+
+    monkeypatch.setattr(run, "read_input", server_down)
+    monkeypatch.setattr(run, "assess", llm_down)
+    with pytest.raises(UpstreamError):
+        auditor.expand(audit_id, *second)  # not the last attempt: the task retries it
+    with pytest.raises(LLMUnavailable):
+        auditor.evaluate(audit_id, *orders[0].args(audit_id)[1:])
+    assert store.status(auditor.db, audit_id)["orders"]["error"] == 0
+    auditor.expand(audit_id, *second, final=True)
+    for order in orders:
+        assert auditor.evaluate(audit_id, *order.args(audit_id)[1:], final=True)
+    rows = store.rows(auditor.db, audit_id)
+    assert [r.state for r in rows] == [store.ERROR] * 3
+    assert all("gave up after retries" in (r.error or "") for r in rows)
+    assert store.status(auditor.db, audit_id)["state"] == store.FINISHED
+
+
+def test_fhir_searches_need_a_server(auditor: Auditor) -> None:
+    with pytest.raises(InvalidInput, match="FHIR_BASE_URL"):
+        auditor.start(searches=["gender=female"])
+
+
+def test_an_order_row_added_while_cancelling_is_cancelled_not_evaluated(auditor: Auditor) -> None:
+    audit_id, work = auditor.start([synthea("Whitney_Ortiz")])
+    found = auditor.expand(audit_id, *work.inputs[0])
+    with auditor.db.begin() as session:  # the audit is cancelled; these rows escaped the cancel's UPDATE
+        session.execute(update(store.Audit).where(store.Audit.id == audit_id).values(state=store.CANCELLED))
+    assert not auditor.evaluate(audit_id, *found.orders[0].args(audit_id)[1:])
+    row = {r.order_key: r for r in store.rows(auditor.db, audit_id)}[found.orders[0].order_key]
+    assert (row.state, row.determination, row.error) == (store.CANCELLED, None, "cancelled")
+
+
+def test_one_automatic_resume_per_quiet_window(auditor: Auditor) -> None:
+    audit_id, _ = auditor.start([synthea("Whitney_Ortiz")])
+    assert store.claim_resume(auditor.db, audit_id, 30)
+    assert not store.claim_resume(auditor.db, audit_id, 30)  # a second worker connecting now
+    assert store.claim_resume(auditor.db, audit_id, -1)  # once the window has passed
+    store.cancel(auditor.db, audit_id)
+    assert not store.claim_resume(auditor.db, audit_id, -1)  # only running audits
+
+
+# -- the store on both dialects ------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    base = {"ONCOTWIN_DATA_DIR": str(tmp_path / "var")}
+    if request.param == "sqlite":
+        yield load_settings(base)
+        return
+    why = servers_available()
+    if why:
+        pytest.skip(why)
+    with postgres_database() as url:
+        yield load_settings({**base, "DATABASE_URL": url})
+
+
+def test_the_store_is_idempotent(db_settings: Settings) -> None:
+    auditor = Auditor(db_settings)
+    ref = FILE + "/data/x.json"
+    audit_id = store.create_audit(auditor.db, [(key(ref), ref, "x.json")] * 2)
+    order_key = key(ref, "p", "MedicationRequest/1", "0")
+    row: dict[str, object] = {"order_key": order_key, "input": "x.json", "patient": "p"}
+    row |= {"reference": "MedicationRequest/1", "occurrence": 0, "code": "1", "system": "s", "display": "d"}
+    store.add_orders(auditor.db, audit_id, key(ref), [row])
+    store.add_orders(auditor.db, audit_id, key(ref), [row])
+    assert len(store.rows(auditor.db, audit_id)) == 1
+    assert store.status(auditor.db, audit_id)["inputs"]["total"] == 1
+    values = {"state": store.DONE, "determination": "meets", "confidence": 0.9}
+    assert auditor.rows.finish(audit_id, order_key, values)
+    assert not auditor.rows.finish(audit_id, order_key, values | {"determination": "does-not-meet"})
+    (only,) = store.rows(auditor.db, audit_id)
+    assert (only.state, only.determination) == (store.DONE, "meets")
+    assert store.get_audit(auditor.db, audit_id).state == store.FINISHED  # the last writer marked it
+    assert not store.finish_if_complete(auditor.db, audit_id)
+
+
+def test_an_audit_whose_last_writers_raced_is_finished_by_the_next_status_read(db_settings: Settings) -> None:
+    auditor = Auditor(db_settings)
+    ref = FILE + "/data/y.json"
+    audit_id = store.create_audit(auditor.db, [(key(ref), ref, "y.json")])
+    rows = [{"order_key": key(ref, str(n)), "input": "y.json", "reference": f"ServiceRequest/{n}"} for n in range(2)]
+    store.add_orders(auditor.db, audit_id, key(ref), rows)
+    with auditor.db.begin() as session:  # both rows written, as by two writers that each saw the other pending
+        session.execute(
+            update(store.AuditOrder).where(store.AuditOrder.audit_id == audit_id).values(state=store.DONE, finished=5.0)
+        )
+    assert store.get_audit(auditor.db, audit_id).state == store.RUNNING
+    assert store.status(auditor.db, audit_id)["state"] == store.FINISHED
+    assert store.get_audit(auditor.db, audit_id).finished == 5.0  # the time of the last row, not of the read
+
+
+# -- reports ----------------------------------------------------------------------------------------------------
+
+
+def test_reports_in_three_formats(auditor: Auditor, tmp_path: Path) -> None:
+    shutil.copy(synthea("Micah_Schinner"), tmp_path / "a.json")
+    (tmp_path / "b.json").write_text("=HYPERLINK(1)")  # unreadable, and a formula if opened naively
+    audit_id, work = auditor.start([tmp_path], root=tmp_path)
+    drain(auditor, audit_id, work)
+    status, rows = store.status(auditor.db, audit_id), store.rows(auditor.db, audit_id)
+
+    doc = json.loads(json.dumps(report_json(status, rows)))
+    assert set(doc) == {"audit", "rows"}
+    assert {"id", "started", "finished", "counts"} <= set(doc["audit"])
+    assert doc["audit"]["counts"]["orders"] == len(doc["rows"]) == 3
+    order_rows = [r for r in doc["rows"] if r["order"]]
+    assert {r["input"] for r in doc["rows"]} == {"a.json", "b.json"}  # relative to the root: no server paths
+    assert all({"patient", "order", "determination", "confidence", "error"} <= set(r) for r in doc["rows"])
+    assert all(set(r["order"]) == {"reference", "code"} and r["determination"] for r in order_rows)
+    assert [r["error"] is not None for r in doc["rows"]].count(True) == 1
+
+    table = list(csv.DictReader(io.StringIO(report_csv(rows))))
+    assert len(table) == 3
+    assert {r["determination"] for r in table if r["order_reference"]} <= {
+        "meets",
+        "does-not-meet",
+        "insufficient-documentation",
+        "not-on-any-pathway",
+    }
+
+    html = report_html(status, rows)
+    assert html.count("<svg") == 3  # by determination, by cancer, by drug
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # no external asset
+    assert "<script" not in html
+    assert "Leucovorin" in html and "colon" in html
+
+
+def test_csv_cells_that_look_like_formulas_are_defused() -> None:
+    row = store.AuditOrder(input="=cmd|' /C calc'!A0", patient="p", state=store.ERROR, error="@SUM(1)")
+    (line,) = list(csv.DictReader(io.StringIO(report_csv([row]))))
+    assert line["input"].startswith("'=") and line["error"] == "'@SUM(1)"
+
+
+# -- HTTP ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for name in ORDER_BUNDLES[:2]:
+        shutil.copy(synthea(name), folder / f"{name}.json")
+    (folder / "broken.json").write_text("{")
+    return folder
+
+
+@pytest.fixture
+def api(tmp_path: Path, root: Path) -> tuple[FlaskClient, Callable[..., dict[str, str]]]:
+    from oncotwin.app import create_app
+    from services.medical_necessity.audit_app import ENQUEUE
+    from shared.auth import LocalKeys
+
+    settings = load_settings({"ONCOTWIN_DATA_DIR": str(tmp_path / "var"), "AUDIT_INPUT_ROOT": str(root)})
+    app = create_app(settings)
+    app.extensions[ENQUEUE] = lambda audit_id, work: drain(Auditor(settings), audit_id, work)  # the queue, inline
+    keys = LocalKeys(settings.data_dir)
+    keys.ensure()
+
+    def headers(scopes: tuple[str, ...] = ("necessity.audit",), subject: str = "reviewer") -> dict[str, str]:
+        token = keys.mint(subject, list(scopes), 600, issuer=settings.token_issuer, audience=settings.token_audience)
+        return {"Authorization": f"Bearer {token}"}
+
+    return app.test_client(), headers
+
+
+def test_http_audit_lifecycle(api: tuple[FlaskClient, Callable[..., dict[str, str]]]) -> None:
+    client, headers = api
+    created = client.post("/necessity/v1/audits", json={"paths": ["."]}, headers=headers())
+    assert created.status_code == 202, created.get_json()
+    audit_id = created.get_json()["id"]
+    assert created.headers["Location"].endswith(f"/necessity/v1/audits/{audit_id}")
+    status = client.get(f"/necessity/v1/audits/{audit_id}", headers=headers()).get_json()
+    assert status["state"] == "finished"
+    assert status["orders"] | {"total": 5} == {"total": 5, "pending": 0, "done": 4, "error": 1, "cancelled": 0}
+    assert status["throughputPerSecond"] > 0 and status["etaSeconds"] == 0
+    report = client.get(f"/necessity/v1/audits/{audit_id}/report", headers=headers()).get_json()
+    assert len(report["rows"]) == 5
+    assert [r["input"] for r in report["rows"] if r["error"]] == ["broken.json"]
+    csv_report = client.get(f"/necessity/v1/audits/{audit_id}/report?format=csv", headers=headers())
+    assert csv_report.mimetype == "text/csv" and csv_report.get_data(as_text=True).count("\n") == 6
+    html = client.get(f"/necessity/v1/audits/{audit_id}/report?format=html", headers=headers())
+    assert html.mimetype == "text/html" and b"<svg" in html.data
+    assert client.post(f"/necessity/v1/audits/{audit_id}/cancel", headers=headers()).get_json()["state"] == "finished"
+    assert client.post(f"/necessity/v1/audits/{audit_id}/resume", headers=headers()).status_code == 202
+
+
+def test_http_refuses_what_it_must(api: tuple[FlaskClient, Callable[..., dict[str, str]]]) -> None:
+    client, headers = api
+    url = "/necessity/v1/audits"
+    assert client.post(url, json={"paths": ["."]}).status_code == 401
+    forbidden = client.post(url, json={"paths": ["."]}, headers=headers(("necessity.read",)))
+    assert forbidden.status_code == 403
+    bodies: list[object] = [{"paths": ["../"]}, {"paths": ["/etc"]}, {"paths": "."}, {"paths": [3]}, [], {}]
+    for body in bodies:
+        answer = client.post(url, json=body, headers=headers())
+        assert answer.status_code == 400, body
+        assert answer.get_json()["resourceType"] == "OperationOutcome"
+    audit_id = client.post(url, json={"paths": ["broken.json"]}, headers=headers()).get_json()["id"]
+    assert client.get(f"{url}/{audit_id}", headers=headers(subject="someone-else")).status_code == 404
+    assert client.get(f"{url}/not-an-id", headers=headers()).status_code == 404
+    assert client.get(f"{url}/{audit_id}/report?format=xml", headers=headers()).status_code == 400
+
+
+def test_http_paths_are_off_without_a_root(tmp_path: Path, mint: Callable[..., str], settings: Settings) -> None:
+    from oncotwin.app import create_app
+
+    client = create_app(settings).test_client()
+    answer = client.post(
+        "/necessity/v1/audits",
+        json={"paths": [str(FHIR)]},
+        headers={"Authorization": f"Bearer {mint(['necessity.audit'])}"},
+    )
+    assert answer.status_code == 400
+    assert "AUDIT_INPUT_ROOT" in answer.get_json()["issue"][0]["diagnostics"]
