@@ -30,7 +30,8 @@ bench: install-dev browser
 	$(PY) bench/timeline_vs_validation.py
 	$(PY) bench/pathway_queries.py
 	$(PY) bench/necessity.py
-	$(PY) bench/audit_throughput.py
+	$(PY) bench/audit_throughput.py --pool prefork
+	$(PY) bench/audit_throughput.py --pool solo
 	$(PY) bench/radiology.py
 	$(PY) bench/dashboard.py
 

@@ -10,7 +10,10 @@ temporary folder until there are at least ``--orders`` (default 2,000) orders:
   order is dominated by ingesting the file (expand step plus one read per worker process).
 
 A private ``redis-server`` on a free port and a fresh PostgreSQL database (dropped after) are used;
-one worker with ``-c 2`` (prefork) consumes the ``necessity`` queue. Printed: orders, inputs, wall
+``--layout nodes`` (default, as deployed: one pool process per worker node, scaled by nodes) starts
+2 workers with ``-c 1`` (prefork), so an input's orders, sent to the node that read it
+(``worker_direct``), always find its record cached; ``--layout pool`` starts one worker with
+``-c 2``, whose two pool processes share one node queue and so read each input twice. Printed: orders, inputs, wall
 time from submission to the last row written, orders per second, p50/p95 of the time each order
 task spent evaluating, mean worker time per task kind (from the worker log), p50 of
 submission-to-written latency. No assertions; the goal
@@ -104,6 +107,7 @@ def main() -> int:
     parser.add_argument("--per-bundle", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
     parser.add_argument("--pool", choices=["prefork", "solo"], default="prefork")
+    parser.add_argument("--layout", choices=["nodes", "pool"], default="nodes")
     args = parser.parse_args()
     why = servers_available()
     if why:
@@ -125,8 +129,11 @@ def main() -> int:
                 env = server_env(redis.url, database_url, base / "var")
                 settings = use_broker(env)
                 auditor = Auditor(settings)
-                if args.pool == "solo":  # N single-process workers
-                    workers = [CeleryWorker(env, base / "logs", pool="solo").start() for _ in range(args.concurrency)]
+                if args.layout == "nodes":  # N worker nodes of one process each
+                    workers = [
+                        CeleryWorker(env, base / "logs", pool=args.pool, concurrency=1).start()
+                        for _ in range(args.concurrency)
+                    ]
                 else:  # one worker with N pool processes
                     workers = [CeleryWorker(env, base / "logs", concurrency=args.concurrency).start()]
                 try:

@@ -15,6 +15,7 @@ starts and supervises it) and messages survive restarts on disk. Deployments use
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from celery import Celery, Task
@@ -69,6 +70,7 @@ def conf(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.task_time_limit_s,
         "task_queues": [Queue(name) for name in QUEUES],
         "task_default_queue": "necessity",
+        "worker_direct": True,  # a queue per worker node, for work that must stay where its data is cached
         "task_routes": (route,),
         "worker_prefetch_multiplier": 4,
         "worker_hijack_root_logger": False,
@@ -83,14 +85,28 @@ def conf(settings: Settings) -> dict[str, Any]:
 
 def _transport_options(broker_url: str, time_limit_s: int) -> dict[str, Any]:
     if broker_url.startswith(("redis://", "rediss://")):
-        # A message not acked within this time goes back to the queue (its worker died).
-        return {"visibility_timeout": time_limit_s * 2}
+        return {
+            # A message not acked within this time goes back to the queue (its worker died).
+            "visibility_timeout": time_limit_s * 2,
+            # Message priorities (0 first): e.g. an audit's orders run before more inputs are read.
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(10)),
+            "sep": ":",
+        }
     return {}  # the SQLite transport hands every option to create_engine, so none are set
 
 
 def configure(settings: Settings) -> None:
     """Point the process's app at ``settings`` (a web app built with explicit settings does this)."""
+    broker_changed = celery_app.conf.broker_url != settings.broker_url
+    backend_changed = celery_app.conf.result_backend != settings.result_backend
     celery_app.conf.update(conf(settings))
+    if broker_changed:  # pooled connections belong to the old broker: drop them, as Celery does after a fork
+        celery_app._pool = None
+        celery_app.amqp._producer_pool = None
+    if backend_changed:  # the cached result-store client too
+        celery_app._backend_cache = None
+        celery_app._local = threading.local()
 
 
 def _importable(module: str) -> bool:

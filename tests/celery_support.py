@@ -148,14 +148,11 @@ def server_env(redis_url: str, database_url: str, data_dir: Path, **extra: str) 
 
 def use_broker(env: Mapping[str, str]) -> Any:
     """Point this process's Celery app at the servers in ``env``; returns the settings."""
-    from shared.celery_app import celery_app, configure
+    from shared.celery_app import configure
     from shared.config import load_settings
 
     settings = load_settings(env)
-    configure(settings)
-    # Connection pools are bound to the broker URL they were made for; drop them (as after a fork).
-    celery_app._pool = None
-    celery_app.amqp._producer_pool = None
+    configure(settings)  # also drops connection pools bound to another broker
     return settings
 
 

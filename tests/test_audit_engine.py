@@ -285,8 +285,9 @@ def test_the_store_is_idempotent(db_settings: Settings) -> None:
     assert len(store.rows(auditor.db, audit_id)) == 1
     assert store.status(auditor.db, audit_id)["inputs"]["total"] == 1
     values = {"state": store.DONE, "determination": "meets", "confidence": 0.9}
-    assert auditor.rows.finish(audit_id, order_key, values)
-    assert not auditor.rows.finish(audit_id, order_key, values | {"determination": "does-not-meet"})
+    with auditor.rows.connect() as conn:
+        assert auditor.rows.finish(conn, audit_id, order_key, values)
+        assert not auditor.rows.finish(conn, audit_id, order_key, values | {"determination": "does-not-meet"})
     (only,) = store.rows(auditor.db, audit_id)
     assert (only.state, only.determination) == (store.DONE, "meets")
     assert store.get_audit(auditor.db, audit_id).state == store.FINISHED  # the last writer marked it

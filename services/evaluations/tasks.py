@@ -32,22 +32,22 @@ class EvaluationTask(OncoTwinTask):
         _steps().store.fail(args[0], problem.to_operation_outcome())
 
 
-@celery_app.task(name="oncotwin.history.evaluation_history", base=EvaluationTask)
+@celery_app.task(name="oncotwin.history.evaluation_history", base=EvaluationTask, ignore_result=True)
 def history(evaluation_id: str) -> bool:
     return _steps().history(evaluation_id)
 
 
-@celery_app.task(name="oncotwin.navigation.evaluation_navigation", base=EvaluationTask)
+@celery_app.task(name="oncotwin.navigation.evaluation_navigation", base=EvaluationTask, ignore_result=True)
 def navigation(evaluation_id: str) -> bool:
     return _steps().navigation(evaluation_id)
 
 
-@celery_app.task(name="oncotwin.necessity.evaluation_necessity", base=EvaluationTask)
+@celery_app.task(name="oncotwin.necessity.evaluation_necessity", base=EvaluationTask, ignore_result=True)
 def necessity(evaluation_id: str) -> bool:
     return _steps().necessity(evaluation_id)
 
 
-@celery_app.task(name="oncotwin.llm.evaluation_necessity", base=EvaluationTask)
+@celery_app.task(name="oncotwin.llm.evaluation_necessity", base=EvaluationTask, ignore_result=True)
 def necessity_with_llm(evaluation_id: str) -> bool:
     """The same step when an LLM jury judges free text: LLM-bound, so it waits on the ``llm`` queue,
     whose workers scale with the vLLM backend rather than with the CPU-bound twins."""
@@ -57,4 +57,4 @@ def necessity_with_llm(evaluation_id: str) -> bool:
 def start(evaluation_id: str, llm: bool = False) -> None:
     judged = necessity_with_llm if llm else necessity
     parallel = group(navigation.si(evaluation_id), judged.si(evaluation_id))
-    chain(history.si(evaluation_id), parallel).apply_async(ignore_result=True)
+    chain(history.si(evaluation_id), parallel).apply_async()  # results live in the database

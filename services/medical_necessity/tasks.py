@@ -21,6 +21,8 @@ from functools import cache
 from typing import Any
 
 from celery import Task, bootsteps
+from celery.utils import worker_direct
+from kombu import Queue
 
 from services.medical_necessity.audit import store
 from services.medical_necessity.audit.run import Auditor, InputSpec, Work
@@ -47,7 +49,11 @@ def _final(task: Task) -> bool:
 
 @celery_app.task(name="oncotwin.necessity.audit_input", ignore_result=True, bind=True)
 def audit_input(self: Task, audit_id: str, input_key: str, ref: str, label: str) -> None:
-    enqueue(audit_id, auditor().expand(audit_id, input_key, ref, label, final=_final(self)))
+    work = auditor().expand(audit_id, input_key, ref, label, final=_final(self))
+    # The input's orders go to this worker's own queue (``worker_direct``): its record is in this
+    # worker's cache, so no other worker ingests the same file again. Resume uses the shared queue.
+    own = worker_direct(self.request.hostname) if self.request.hostname else None
+    enqueue(audit_id, work, orders_queue=own)
 
 
 @celery_app.task(name="oncotwin.necessity.audit_order", ignore_result=True, bind=True)
@@ -57,7 +63,7 @@ def audit_order(
     return auditor().evaluate(audit_id, order_key, ref, patient, reference, occurrence, final=_final(self))
 
 
-def enqueue(audit_id: str, work: Work) -> None:
+def enqueue(audit_id: str, work: Work, orders_queue: Queue | None = None) -> None:
     """Send the work over one producer connection (thousands of orders: one connection, not one each)."""
     if not work.inputs and not work.orders:
         return
@@ -67,7 +73,7 @@ def enqueue(audit_id: str, work: Work) -> None:
             # to be read, while its record is in the worker's cache. Brokers without priorities ignore it.
             audit_input.apply_async(args=[audit_id, *spec], producer=producer, priority=INPUT_PRIORITY)
         for order in work.orders:
-            audit_order.apply_async(args=order.args(audit_id), producer=producer)
+            audit_order.apply_async(args=order.args(audit_id), producer=producer, queue=orders_queue)
 
 
 def _batch(producer: Any) -> AbstractContextManager[Any]:

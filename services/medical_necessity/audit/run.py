@@ -197,12 +197,18 @@ class Auditor:
     ) -> bool:
         """Determine one order and write it if its row is still pending; True if this call wrote it.
         Transient failures are raised for a retry, or written as the row's error when ``final``."""
-        row_state, audit_state = self.rows.state(audit_id, order_key)
-        if row_state != store.PENDING:
-            return False  # done by an earlier delivery, or cancelled
-        if audit_state != store.RUNNING:  # a row added while the audit was being cancelled
-            self.rows.finish(audit_id, order_key, {"state": store.CANCELLED, "error": "cancelled"})
-            return False
+        with self.rows.connect() as conn:  # autocommit: each statement commits on its own
+            row_state, audit_state = self.rows.state(conn, audit_id, order_key)
+            if row_state != store.PENDING:
+                return False  # done by an earlier delivery, or cancelled
+            if audit_state != store.RUNNING:  # a row added while the audit was being cancelled
+                self.rows.finish(conn, audit_id, order_key, {"state": store.CANCELLED, "error": "cancelled"})
+                return False
+            values = self._outcome(ref, patient, reference, occurrence, final)
+            return self.rows.finish(conn, audit_id, order_key, values)
+
+    def _outcome(self, ref: str, patient: str, reference: str, occurrence: int, final: bool) -> dict[str, Any]:
+        """The row's values: a determination, or the error that stopped it (transient ones re-raised)."""
         started = time.perf_counter()
         values: dict[str, Any]
         try:
@@ -215,7 +221,7 @@ class Auditor:
             logger.warning("audit order could not be evaluated (%s)", type(exc).__name__)
             values = {"state": store.ERROR, "error": f"evaluation failed ({type(exc).__name__})"}
         values["elapsed_ms"] = (time.perf_counter() - started) * 1000
-        return self.rows.finish(audit_id, order_key, values)
+        return values
 
     def _determine(self, ref: str, patient: str, reference: str, occurrence: int) -> dict[str, Any]:
         record, matches = self.cache.get(ref, self.settings).orders(patient, reference)

@@ -30,7 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from shared.config import Settings
@@ -243,26 +243,28 @@ class OrderRows:
                 self._engine = db_engine(self.settings).execution_options(isolation_level="AUTOCOMMIT")
         return self._engine
 
-    def state(self, audit_id: str, order_key: str) -> tuple[str | None, str | None]:
+    def connect(self) -> Connection:
+        """One checkout (and one liveness ping) for an order's read and write together."""
+        return self.engine.connect()
+
+    def state(self, conn: Connection, audit_id: str, order_key: str) -> tuple[str | None, str | None]:
         """(the row's state, its audit's state); Nones when there is no such row."""
-        with self.engine.connect() as conn:
-            found = conn.execute(ORDER_STATE, {"audit_id": audit_id, "order_key": order_key}).first()
+        found = conn.execute(ORDER_STATE, {"audit_id": audit_id, "order_key": order_key}).first()
         return (found[0], found[1]) if found else (None, None)
 
-    def finish(self, audit_id: str, order_key: str, values: dict[str, Any]) -> bool:
+    def finish(self, conn: Connection, audit_id: str, order_key: str, values: dict[str, Any]) -> bool:
         """Write one result if the row is still pending (False when another delivery got there first);
         then, in a statement of its own (so after the write is committed), mark the audit finished
         if nothing else is pending. Of two writers finishing the last rows at once, the later to
         commit sees both rows done, so the audit is always marked."""
-        with self.engine.connect() as conn:
-            result = conn.execute(
-                update(AuditOrder)
-                .where(AuditOrder.audit_id == audit_id, AuditOrder.order_key == order_key, AuditOrder.state == PENDING)
-                .values(finished=time.time(), **values)
-            )
-            written = bool(result.rowcount)
-            if written:
-                conn.execute(MARK_FINISHED, _mark_finished(audit_id))
+        result = conn.execute(
+            update(AuditOrder)
+            .where(AuditOrder.audit_id == audit_id, AuditOrder.order_key == order_key, AuditOrder.state == PENDING)
+            .values(finished=time.time(), **values)
+        )
+        written = bool(result.rowcount)
+        if written:
+            conn.execute(MARK_FINISHED, _mark_finished(audit_id))
         return written
 
 
