@@ -1,4 +1,4 @@
-"""``oncotwin radiology train|eval|classify``: the radiology twin's command line."""
+"""``oncotwin radiology train|eval|classify|llm-classify``: the radiology twin's command line."""
 
 from __future__ import annotations
 
@@ -53,10 +53,16 @@ def _eval(args: argparse.Namespace) -> int:
     labels = _existing(
         Path(args.labels) if args.labels else data.with_name(data.name.replace("reports", "labels")), "human labels"
     )
+    predictions = _existing(Path(args.predictions), "LLM predictions") if args.predictions else None
     reports = load_reports(data)
     try:
         comparison = cross_validate(reports, load_gold(labels), default_labeler(), args.folds, args.seed,
                                     uncertain_positive=args.uncertain_positive)
+        if predictions is not None:
+            from services.radiology.evaluate import with_predictions
+            from services.radiology.llm_path import read_predictions
+
+            comparison = with_predictions(comparison, reports, read_predictions(predictions, comparison.classes))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     print(f"{len(reports)} reports; model trained on weak labels of the other folds, scored on held-out human labels")
@@ -113,6 +119,23 @@ def _classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _llm_classify(args: argparse.Namespace) -> int:
+    import os
+
+    from services.radiology.llm_path import ADAPTER_NAME, classify_with_llm, write_predictions
+    from shared.llm import LLMClient
+
+    client = LLMClient.from_env(os.environ)
+    if client is None:
+        raise ConfigError("LLM_BASE_URL is not set: the LLM path needs a served model (vLLM with the adapter)")
+    reports = _read_reports(_existing(Path(args.file), "input"))
+    results = classify_with_llm(reports, client, args.schema, args.model or ADAPTER_NAME,
+                                answer_format=args.answer_format)
+    written = write_predictions(reports, results, Path(args.out))
+    print(f"{written} predictions written to {args.out} (score them: oncotwin radiology eval --predictions FILE)")
+    return 0
+
+
 def add_radiology_parser(sub: argparse._SubParsersAction) -> None:
     radiology = sub.add_parser("radiology", help="chest X-ray report findings: train, evaluate, classify")
     commands = radiology.add_subparsers(dest="radiology_command", required=True)
@@ -121,7 +144,8 @@ def add_radiology_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--data", help="reports CSV (uid, findings, impression...); default the Open-i dev reports")
     train.add_argument("--out", help="artifact folder; default $ONCOTWIN_DATA_DIR/models/radiology")
     train.add_argument("--schema", choices=["openi", "chexpert"], default="openi")
-    train.add_argument("--uncertain-positive", action="store_true", help="uncertain weak labels count as positive")
+    train.add_argument("--uncertain-positive", action="store_true", default=None,
+                       help="uncertain weak labels count as present (default: schema.UNCERTAIN_POSITIVE, U-Zeros)")
     train.set_defaults(func=_train)
 
     ev = commands.add_parser("eval", help="weak labeler vs cross-validated model, scored on human labels")
@@ -129,7 +153,10 @@ def add_radiology_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--labels", help="human labels CSV; default the reports file's *labels* sibling")
     ev.add_argument("--folds", type=int, default=5)
     ev.add_argument("--seed", type=int, default=13)
-    ev.add_argument("--uncertain-positive", action="store_true", help="uncertain weak labels count as positive")
+    ev.add_argument("--uncertain-positive", action="store_true", default=None,
+                    help="uncertain weak labels count as present (default: schema.UNCERTAIN_POSITIVE, U-Zeros)")
+    ev.add_argument("--predictions", help="also score the LLM path's answers: JSONL (llm_path.write_predictions: "
+                    "uid + labels, or uid + answer) or CSV (uid + labels/answer/per-class 0/1 columns)")
     ev.set_defaults(func=_eval)
 
     cl = commands.add_parser("classify", help="findings of reports in a CSV (uid, findings, impression) or a text file")
@@ -137,3 +164,11 @@ def add_radiology_parser(sub: argparse._SubParsersAction) -> None:
     cl.add_argument("--model", help="artifact folder; default $ONCOTWIN_DATA_DIR/models/radiology (trained if missing)")
     cl.add_argument("--format", choices=["json", "csv"], default="json")
     cl.set_defaults(func=_classify)
+
+    llm = commands.add_parser("llm-classify", help="the LLM path's answers for reports, as a predictions file")
+    llm.add_argument("file", help="a CSV with uid + findings/impression columns, or a plain-text report")
+    llm.add_argument("--out", required=True, help="predictions JSONL (uid, labels) for eval --predictions")
+    llm.add_argument("--schema", choices=["openi", "chexpert"], default="openi")
+    llm.add_argument("--model", help="served model name (default: the LoRA adapter's, radiology-findings)")
+    llm.add_argument("--answer-format", choices=["json", "list"], default="json")
+    llm.set_defaults(func=_llm_classify)

@@ -33,7 +33,28 @@ CASES = [
     ("No focal consolidation but there is a small left effusion.", "Consolidation", "negative"),
     ("Lungs are clear without focal consolidation, pneumothorax or pleural effusion.", "Pneumothorax", "negative"),
     ("Questionable small nodule in the right upper lobe.", "Nodule", "uncertain"),
-    ("Atelectasis versus scarring in the left base.", "Atelectasis", "uncertain"),
+    # "A versus B" names a differential the Open-i labels file as present; a hedge before it still hedges
+    ("Atelectasis versus scarring in the left base.", "Atelectasis", "positive"),
+    ("There is mild right basilar airspace disease which may represent atelectasis versus infiltrate.", "Infiltration",
+     "uncertain"),
+    ("Lateral view somewhat limited however small bilateral pleural effusions suspected.", "Effusion", "uncertain"),
+    ("Suspected mild patchy right upper lobe pneumonia.", "Pneumonia", "uncertain"),
+    ("This does not look like an acute infiltrate, and more XXXX represents a granuloma.", "Infiltration",
+     "negative"),
+    ("Considerations would include pericardial effusion or dilated cardiomyopathy.", "Effusion", "uncertain"),
+    ("Probable right lower lobe pneumonia.", "Pneumonia", "positive"),
+    # a hedge ending in a terminating literal ("compatible with") still reaches the finding
+    ("XXXX opacities in the left base may be compatible with scarring or subsegmental atelectasis.", "Atelectasis",
+     "uncertain"),
+    ("Question small right pleural effusion versus pleural thickening.", "Effusion", "uncertain"),
+    # the adjective "nodular" describes an opacity, not a Nodule; the noun is a Nodule
+    ("Nodular density overlying the anterior left 4th rib.", "Nodule", "absent"),
+    ("No masses or suspicious nodules.", "Nodule", "negative"),
+    ("Heart size remains slightly large.", "Cardiomegaly", "positive"),
+    ("Considering technical factors heart size XXXX mildly enlarged.", "Cardiomegaly", "positive"),
+    ("The heart is borderline in size.", "Cardiomegaly", "positive"),
+    ("There is an marked interval increase in heart size.", "Cardiomegaly", "positive"),
+    ("Heart size is normal.", "Cardiomegaly", "absent"),
     ("Lungs are free of focal airspace disease, pneumothorax or effusion.", "Effusion", "negative"),
     ("There is a 1 cm nodule in the right upper lobe.", "Nodule", "positive"),
     ("Emphysematous changes are again noted.", "Emphysema", "positive"),
@@ -70,6 +91,27 @@ def test_normal_report_is_normal() -> None:
     assert findings["Atelectasis"].status == "absent"
 
 
+def test_nodular_opacity_is_abnormal_but_not_a_nodule() -> None:
+    findings = {f.label: f.status for f in weak_label(Report(uid="1", findings="Nodular opacity in the left base."))}
+    assert findings["Nodule"] == "absent" and findings[NORMAL] == "negative"
+
+
+def test_uncertain_policy_is_one_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.radiology import schema
+    from services.radiology.llm_path import positive_labels
+    from services.radiology.model import weak_targets
+
+    findings = weak_label(Report(uid="1", findings="May represent atelectasis. Small left effusion."))
+    classes = (*OPENI, NORMAL)
+    atelectasis = classes.index("Atelectasis")
+    assert binary(findings)["Atelectasis"] == 0 and weak_targets(findings, classes)[atelectasis] == 0
+    assert positive_labels(findings) == {"Effusion"}
+    monkeypatch.setattr(schema, "UNCERTAIN_POSITIVE", True)  # U-Ones for labeler scoring, trainer and export
+    assert binary(findings)["Atelectasis"] == 1 and weak_targets(findings, classes)[atelectasis] == 1
+    assert positive_labels(findings) == {"Effusion", "Atelectasis"}
+    assert binary(findings, uncertain_positive=False)["Atelectasis"] == 0  # an explicit choice still wins
+
+
 def test_indication_is_never_a_positive_source() -> None:
     report = Report(uid="1", indication="Pneumonia?", findings="The lungs are clear.")
     assert {f.label: f.status for f in weak_label(report)}["Pneumonia"] == "absent"
@@ -96,6 +138,6 @@ def test_dev_set_micro_f1_floor() -> None:
     gold = load_gold(LABELS)
     predicted = {r.uid: binary(f) for r, f in zip(reports, weak_label_many(reports), strict=True)}
     eight = score(predicted, gold, CHESTXRAY8)
-    assert eight["micro"]["f1"] >= 0.88  # measured 0.899
+    assert eight["micro"]["f1"] >= 0.93  # measured 0.945
     everything = score(predicted, gold, (*OPENI, NORMAL))
-    assert everything["micro"]["f1"] >= 0.88  # measured 0.893
+    assert everything["micro"]["f1"] >= 0.90  # measured 0.914

@@ -52,7 +52,7 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- export --------------------------------------------------------------------------------------------
 def test_export_writes_instruction_records_in_schema_order(tmp_path: Path) -> None:
     out = tmp_path / "sub" / "train.jsonl"
-    assert export_instructions(REPORTS, WEAK, "openi", out, answer_format="list") == 3
+    assert export_instructions(REPORTS, WEAK, "openi", out, answer_format="list", uncertain_positive=True) == 3
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["uid"] for r in rows] == ["r1", "r2", "r3"]
     assert all(set(r) == {"instruction", "input", "output", "uid"} for r in rows)
@@ -67,13 +67,13 @@ def test_export_writes_instruction_records_in_schema_order(tmp_path: Path) -> No
 
 def test_export_json_answers_are_the_constrained_format(tmp_path: Path) -> None:
     out = tmp_path / "train.jsonl"
-    export_instructions(REPORTS, WEAK, CHESTXRAY8, out, statuses=("positive",))
+    export_instructions(REPORTS, WEAK, CHESTXRAY8, out)  # the default uncertain policy: U-Zeros
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     first = json.loads(rows[0]["output"])
     assert list(first) == list(CHESTXRAY8) and {k for k, v in first.items() if v} == {"Cardiomegaly", "Effusion"}
     assert rows[0]["output"] == json.dumps(first, separators=(",", ":"))  # compact, as the server writes it
     assert not any(json.loads(rows[1]["output"]).values())
-    assert {k for k, v in json.loads(rows[2]["output"]).items() if v} == {"Nodule"}  # uncertain not counted here
+    assert {k for k, v in json.loads(rows[2]["output"]).items() if v} == {"Nodule"}  # uncertain Mass: not present
     assert parse_answer(rows[2]["output"], CHESTXRAY8) == {"Nodule"}
 
 

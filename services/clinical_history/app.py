@@ -35,7 +35,12 @@ def _respond(result: IngestResult, action: str, patient_id: str | None) -> Respo
     except UnprocessableInput:
         log_access(principal(), action, patient_id, "not-in-input", g.request_id)
         raise
-    timeline = build_timeline(record, include_notes=flag("notes", True))
+    findings = None
+    if flag("findings", False):  # imaging reports read by the radiology twin: asked for explicitly
+        from services.radiology.service import findings_engine
+
+        findings = findings_engine(settings().data_dir)
+    timeline = build_timeline(record, include_notes=flag("notes", True), findings=findings)
     if flag("summary", False):  # an LLM call: asked for explicitly, and never fails the timeline
         summary = summarize_notes(record, _llm())
         if summary is not None:

@@ -71,7 +71,9 @@ class TextSpan(Contract):
 class EventOut(Contract):
     date: str | None
     kind: str  # diagnosis | stage | biomarker | performance | disease-status | medication | procedure |
-    #            radiation | surgery | imaging | encounter | report | note
+    #            radiation | surgery | imaging | encounter | report | note | imaging-finding
+    #            (imaging-finding, only with ?findings=true: display the class, detail
+    #            "label=..; status=..; probability=..", span the evidence in the DiagnosticReport)
     code: CodeOut | None = None
     display: str
     source: str

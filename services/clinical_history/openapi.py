@@ -19,6 +19,12 @@ def openapi_document() -> dict[str, Any]:
     }
     notes = query("notes", {"type": "boolean", "default": True}, "Run note extraction on free-text notes")
     summary = query("summary", {"type": "boolean", "default": False}, "Add an LLM summary of the latest notes")
+    findings = query(
+        "findings",
+        {"type": "boolean", "default": False},
+        "Add imaging-finding events: imaging DiagnosticReports read by the radiology twin (its trained model "
+        "when an artifact exists, else its rule labeler)",
+    )
     server_errors = {
         "404": {"description": "Patient not found on the FHIR server"},
         "502": {"description": "FHIR server error"},
@@ -29,7 +35,7 @@ def openapi_document() -> dict[str, Any]:
         "/timeline": {
             "post": {
                 "summary": "Timeline from a posted FHIR Bundle (any Bundle type)",
-                "parameters": [PATIENT, STRICT, notes, summary],
+                "parameters": [PATIENT, STRICT, notes, summary, findings],
                 "requestBody": FHIR_BODY,
                 "responses": {**timeline, **outcomes(ERRORS, "400", "401", "403", "413", "415", "422")},
             }
@@ -42,6 +48,7 @@ def openapi_document() -> dict[str, Any]:
                     STRICT,
                     notes,
                     summary,
+                    findings,
                 ],
                 "responses": {**timeline, **outcomes(ERRORS, "400", "401", "403", "422"), **server_errors},
             }

@@ -7,6 +7,7 @@ their mentions join the timeline marked ``fromText`` with the note and character
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from services.clinical_history.contract import (
     BiomarkerOut,
@@ -29,6 +30,9 @@ from shared.fhir.record import (
     StageAssessment,
 )
 from shared.therapy_lines import lines_of_therapy
+
+if TYPE_CHECKING:
+    from services.clinical_history.imaging_findings import FindingsClassifier
 
 PROCEDURE_KINDS = {"radiation": "radiation", "chemoradiation": "radiation", "surgery": "surgery", "imaging": "imaging"}
 MENTION_KINDS = {"medication": "medication", "cancer": "diagnosis", "stage": "stage", "procedure": "procedure"}
@@ -177,10 +181,17 @@ def _text_events(record: PatientRecord) -> Iterable[EventOut]:
             )
 
 
-def build_timeline(record: PatientRecord, *, include_notes: bool = True) -> Timeline:
+def build_timeline(
+    record: PatientRecord, *, include_notes: bool = True, findings: FindingsClassifier | None = None
+) -> Timeline:
+    """The timeline; with ``findings`` (a radiology engine) imaging reports add ``imaging-finding`` events."""
     events = list(_coded_events(record))
     if include_notes:
         events.extend(_text_events(record))
+    if findings is not None:  # opt-in: the radiology rules and model load only when asked for
+        from services.clinical_history.imaging_findings import imaging_finding_events
+
+        events.extend(imaging_finding_events(record, findings))
     events.sort(key=lambda e: (e.date is None, FhirTime.parse(e.date) if e.date else None, e.kind))
     lines = [
         LineOut(

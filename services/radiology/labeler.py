@@ -35,13 +35,21 @@ from spacy.tokens import Span as SpacySpan
 from services.clinical_history.notes.context import ConText
 from services.clinical_history.notes.rules import load_context_rules
 
-from .schema import NORMAL, SCHEMAS, Finding, Report, Span, Status
+from .schema import NORMAL, SCHEMAS, Finding, Report, Span, Status, present_statuses
 
 RULES_DIR = Path(__file__).parent / "rules"
 FINDINGS_PATH = RULES_DIR / "findings.json"
 CONTEXT_PATH = RULES_DIR / "context.json"
 OTHER = "_other_abnormal"  # findings outside the schema that still make a report not normal
 _RANK: dict[Status, int] = {"positive": 3, "uncertain": 2, "negative": 1, "absent": 0}
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One report as the labeler read it: its findings, and per section the scope-marked tokens."""
+
+    findings: list[Finding]
+    tokens: tuple[tuple[str, tuple[str, ...]], ...]  # (section, tokens): "no", "neg_effusion", "."
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +82,10 @@ class Labeler:
         self.context = ConText(self.nlp, load_context_rules(context_path))
 
     def mentions(self, section: str, text: str, schema: str) -> list[Mention]:
-        return self._mentions(section, self.nlp(text), schema)
+        return self._read(section, self.nlp(text), schema)[0]
 
-    def _mentions(self, section: str, doc: Doc, schema: str) -> list[Mention]:
+    def _read(self, section: str, doc: Doc, schema: str) -> tuple[list[Mention], tuple[str, ...]]:
+        """The doc's mentions with their status, and its tokens marked by the ConText scopes."""
         text = doc.text
         spans: list[SpacySpan] = []
         for label, pattern in self.patterns[schema].items():
@@ -84,8 +93,6 @@ class Labeler:
                 span = doc.char_span(m.start(), m.end(), label=label, alignment_mode="expand")
                 if span is not None:
                     spans.append(span)
-        if not spans:
-            return []
         scopes = self.context.scopes(doc, spans)
         out = []
         for span in spans:
@@ -99,15 +106,21 @@ class Labeler:
             )
             evidence = Span(section, span.start_char, span.end_char, span.text)
             out.append(Mention(span.label_, status, evidence))
-        return out
+        return out, _scoped_tokens(doc, scopes)
 
     def label_docs(self, report: Report, docs: Sequence[tuple[str, Doc]], schema: str) -> list[Finding]:
+        return self.read_docs(report, docs, schema).findings
+
+    def read_docs(self, report: Report, docs: Sequence[tuple[str, Doc]], schema: str) -> Reading:
         if schema not in self.patterns:
             raise ValueError(f"unknown schema {schema!r}; one of {sorted(self.patterns)}")
         best: dict[str, Mention] = {}
         normal_evidence: Span | None = None
+        tokens: list[tuple[str, tuple[str, ...]]] = []
         for section, doc in docs:
-            for mention in self._mentions(section, doc, schema):
+            mentions, scoped = self._read(section, doc, schema)
+            tokens.append((section, scoped))
+            for mention in mentions:
                 held = best.get(mention.label)
                 if held is None or _RANK[mention.status] > _RANK[held.status]:
                     best[mention.label] = mention
@@ -130,7 +143,7 @@ class Labeler:
             findings.append(Finding(NORMAL, "negative", None, abnormal))
         else:
             findings.append(Finding(NORMAL, "positive", None, normal_evidence))
-        return findings
+        return Reading(findings, tuple(tokens))
 
     def label(self, report: Report, schema: str = "openi") -> list[Finding]:
         docs = [(name, self.nlp(text)) for name, text in report.sections()]
@@ -140,13 +153,31 @@ class Labeler:
         self, reports: Iterable[Report], schema: str = "openi", batch_size: int = 256
     ) -> list[list[Finding]]:
         """Label many reports, tokenising all sections with ``nlp.pipe`` (the fast path)."""
+        return [reading.findings for reading in self.read_many(reports, schema, batch_size)]
+
+    def read_many(self, reports: Iterable[Report], schema: str = "openi", batch_size: int = 256) -> list[Reading]:
+        """``label_many`` plus each section's scope-marked tokens (the trained model's features)."""
         reports = list(reports)
         keys = [(i, name) for i, r in enumerate(reports) for name, _ in r.sections()]
         texts = [text for r in reports for _, text in r.sections()]
         per_report: list[list[tuple[str, Doc]]] = [[] for _ in reports]
         for (i, name), doc in zip(keys, self.nlp.pipe(texts, batch_size=batch_size), strict=True):
             per_report[i].append((name, doc))
-        return [self.label_docs(r, docs, schema) for r, docs in zip(reports, per_report, strict=True)]
+        return [self.read_docs(r, docs, schema) for r, docs in zip(reports, per_report, strict=True)]
+
+
+def _scoped_tokens(doc: Doc, scopes: Sequence[tuple[int, int, str]]) -> tuple[str, ...]:
+    """Lower-cased words, ``neg_``/``unc_``-prefixed inside a negation/uncertainty scope (negation wins);
+    punctuation as ``.`` (a clause break for n-grams)."""
+    prefix = [""] * len(doc)
+    for begin, end, flag in scopes:
+        mark = "neg_" if flag == "oncotwin_negated" else "unc_" if flag == "oncotwin_uncertain" else ""
+        for i in range(begin, min(end, len(doc))):
+            if mark == "neg_" or (mark and not prefix[i]):
+                prefix[i] = mark
+    return tuple(
+        "." if token.is_punct else prefix[token.i] + token.lower_ for token in doc if not token.is_space
+    )
 
 
 @lru_cache(maxsize=1)
@@ -161,6 +192,10 @@ def weak_label(report: Report, schema: str = "openi") -> list[Finding]:
 
 def weak_label_many(reports: Iterable[Report], schema: str = "openi") -> list[list[Finding]]:
     return labeler().label_many(reports, schema)
+
+
+def weak_read_many(reports: Iterable[Report], schema: str = "openi") -> list[Reading]:
+    return labeler().read_many(reports, schema)
 
 
 def _clean(value: str | None) -> str:
@@ -190,9 +225,9 @@ def load_gold(csv_path: str | Path) -> dict[str, dict[str, int]]:
         }
 
 
-def binary(findings: Sequence[Finding], uncertain_positive: bool = False) -> dict[str, int]:
-    """A Finding list as 0/1: positive is 1, uncertain too with ``uncertain_positive`` (0 scored better on dev)."""
-    ones = {"positive", "uncertain"} if uncertain_positive else {"positive"}
+def binary(findings: Sequence[Finding], uncertain_positive: bool | None = None) -> dict[str, int]:
+    """A Finding list as 0/1 under the uncertain policy (``schema.present_statuses``)."""
+    ones = present_statuses(uncertain_positive)
     return {f.label: int(f.status in ones) for f in findings}
 
 

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from services.radiology.schema import NORMAL, SCHEMAS, Finding, Report
+from services.radiology.schema import NORMAL, SCHEMAS, Finding, Report, present_statuses
 
 if TYPE_CHECKING:
     from shared.llm import LLMClient
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 ADAPTER_NAME = "radiology-findings"
 AnswerFormat = Literal["json", "list"]
 NORMAL_ANSWER = "Normal"
-POSITIVE_STATUSES = ("positive", "uncertain")  # U-Ones, the policy the trained model's targets use
 
 _INSTRUCTION_LIST = (
     "You are a radiologist. Read the chest X-ray report and choose every finding it reports as present, "
@@ -128,8 +127,10 @@ def render_answer(labels: Iterable[str], schema: str | Sequence[str], answer_for
 
 
 # -- 1. export ---------------------------------------------------------------------------------------
-def positive_labels(findings: Iterable[Finding], statuses: Sequence[str] = POSITIVE_STATUSES) -> set[str]:
-    return {f.label for f in findings if f.status in statuses and f.label != NORMAL}
+def positive_labels(findings: Iterable[Finding], statuses: Sequence[str] | None = None) -> set[str]:
+    """The present classes; ``statuses`` None: the uncertain policy (``schema.present_statuses``)."""
+    present = present_statuses() if statuses is None else statuses
+    return {f.label for f in findings if f.status in present and f.label != NORMAL}
 
 
 def export_instructions(
@@ -139,14 +140,16 @@ def export_instructions(
     out_jsonl: str | Path,
     *,
     answer_format: AnswerFormat = "json",
-    statuses: Sequence[str] = POSITIVE_STATUSES,
+    uncertain_positive: bool | None = None,
 ) -> int:
     """Write one ``{instruction, input, output}`` JSON line per report with text; the number written.
 
     ``weak_labels[i]`` are the weak labeler's findings of ``reports[i]`` (None: run
-    ``services.radiology.labeler.weak_label`` here). A class is present when its status is in
-    ``statuses`` (default U-Ones: positive or uncertain). ``output`` is ``render_answer``: the class names
-    in schema order joined by ", " or "Normal" (``list``), or the boolean object (``json``).
+    ``services.radiology.labeler.weak_label`` here). A class is present when its status counts as present
+    under the uncertain policy (``schema.present_statuses(uncertain_positive)``; default U-Zeros: positive
+    only, the same policy as the labeler's scoring and the trainer's targets). ``output`` is
+    ``render_answer``: the class names in schema order joined by ", " or "Normal" (``list``), or the
+    boolean object (``json``).
     """
     classes = resolve_schema(schema)
     if weak_labels is None:
@@ -156,6 +159,7 @@ def export_instructions(
     if len(weak_labels) != len(reports):
         raise ValueError(f"{len(reports)} reports but {len(weak_labels)} weak label lists")
     text = instruction(classes, answer_format)
+    statuses = present_statuses(uncertain_positive)
     path = Path(out_jsonl)
     path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
@@ -287,3 +291,72 @@ def score(
     if len(predictions) != len(gold):
         raise ValueError(f"{len(predictions)} predictions but {len(gold)} gold label sets")
     return evaluate_score(label_matrix(gold, classes), label_matrix(predictions, classes), classes, subset)
+
+
+# -- predictions file (what ``oncotwin radiology eval --predictions`` scores) ----------------------------
+def write_predictions(
+    reports: Sequence[Report], results: Sequence[Sequence[Finding]], out_jsonl: str | Path
+) -> int:
+    """One ``{"uid", "labels"}`` JSON line per report (``labels``: the answer's classes, ``["normal"]`` for a
+    Normal answer, ``[]`` when nothing was recognisable), aligned with ``classify_with_llm``'s output."""
+    if len(reports) != len(results):
+        raise ValueError(f"{len(reports)} reports but {len(results)} results")
+    path = Path(out_jsonl)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for report, findings in zip(reports, results, strict=True):
+            fh.write(json.dumps({"uid": report.uid, "labels": [f.label for f in findings]}) + "\n")
+    return len(reports)
+
+
+def _labels_of(row: Mapping[str, Any], classes: Sequence[str], where: str) -> set[str]:
+    """A row's predicted classes: ``labels`` (a list, or names joined by , or ;), a raw ``answer``/``output``
+    (read by ``parse_answer``), or one 0/1 column per class."""
+    if "labels" in row:
+        value = row["labels"]
+        names = value if isinstance(value, list) else str(value or "").replace(";", ",").split(",")
+        lookup = {_norm(c): c for c in (*classes, NORMAL)}
+        unknown = [n for n in names if str(n).strip() and _norm(str(n)) not in lookup]
+        if unknown:
+            raise ValueError(f"{where}: unknown class {unknown[0]!r}")
+        return {lookup[_norm(str(n))] for n in names if str(n).strip()}
+    for key in ("answer", "output"):
+        if key in row:
+            return parse_answer(str(row[key] or ""), classes)
+    present = [c for c in classes if c in row]
+    if not present:
+        raise ValueError(f"{where}: give labels, answer or one 0/1 column per class")
+    return {c for c in present if str(row[c]).strip().lower() in {"1", "1.0", "true", "yes"}}
+
+
+def read_predictions(path: str | Path, classes: Sequence[str]) -> dict[str, set[str]]:
+    """uid -> predicted classes, from a JSONL (``write_predictions``' lines, or ``{uid, answer}``) or a CSV
+    (``uid`` plus ``labels``, ``answer`` or per-class 0/1 columns). ``normal`` in ``classes`` is ignored here:
+    scoring derives it (normal exactly when no other class is predicted). A repeated uid is an error."""
+    import csv
+
+    findings = resolve_schema(classes)
+    path = Path(path)
+    rows: list[tuple[str, Mapping[str, Any]]] = []
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".csv":
+        rows = [(f"{path.name} row {i + 2}", row) for i, row in enumerate(csv.DictReader(text.splitlines()))]
+    else:
+        for i, line in enumerate(text.splitlines()):
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    raise ValueError(f"{path.name} line {i + 1}: not JSON") from None
+                if not isinstance(obj, dict):
+                    raise ValueError(f"{path.name} line {i + 1}: not a JSON object")
+                rows.append((f"{path.name} line {i + 1}", obj))
+    out: dict[str, set[str]] = {}
+    for where, row in rows:
+        uid = str(row.get("uid") or "").strip()
+        if not uid:
+            raise ValueError(f"{where}: no uid")
+        if uid in out:
+            raise ValueError(f"{where}: uid {uid!r} repeated")
+        out[uid] = _labels_of(row, findings, where)
+    return out

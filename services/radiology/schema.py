@@ -47,6 +47,21 @@ CHESTXRAY8 = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass",
 NORMAL = "normal"
 SCHEMAS: dict[str, tuple[str, ...]] = {"openi": OPENI, "chexpert": CHEXPERT}
 
+# The uncertain policy, in ONE place: does an ``uncertain`` finding ("may represent atelectasis", "cannot
+# exclude pneumonia") count as present? False ("U-Zeros"): no, everywhere: scoring the labeler
+# (``labeler.binary``), the trainer's targets (``model.weak_targets``) and the LLM instruction export
+# (``llm_path.export_instructions``). Measured on the Open-i dev reports after the hedge rules
+# (``rules/context.json``): 9 of 199 uncertain findings are human-labelled present, so U-Zeros.
+# Every function that applies it takes ``uncertain_positive: bool | None``; None means this default, and
+# the CLI's ``--uncertain-positive`` flips it for train, eval and export alike.
+UNCERTAIN_POSITIVE = False
+
+
+def present_statuses(uncertain_positive: bool | None = None) -> tuple[Status, ...]:
+    """The statuses that count as present under the uncertain policy (``UNCERTAIN_POSITIVE`` when None)."""
+    ones = UNCERTAIN_POSITIVE if uncertain_positive is None else uncertain_positive
+    return ("positive", "uncertain") if ones else ("positive",)
+
 
 @dataclass(frozen=True, slots=True)
 class Span:

@@ -14,14 +14,16 @@ model probability          labeler status         reported status (evidence)
 < threshold                absent                 not reported
 =========================  =====================  ==================================================
 
-(threshold: the model's decision threshold, ``metadata.json`` ``threshold``, 0.3 by default.)
+(threshold: the model's decision threshold for that class, ``metadata.json`` ``thresholds``, chosen on weak
+labels when the model was trained.)
 
 So the model decides presence, the rules say how it is worded and where, and every disagreement
 surfaces as ``uncertain`` for a reader to check. ``probability`` is always the model's.
 
 The default model artifact lives in ``$ONCOTWIN_DATA_DIR/models/radiology``; ``default_engine``
 trains it from the development reports on first use (weak labels only, a few seconds on CPU) when it
-is missing, or ``oncotwin radiology train`` writes it. Nothing is ever downloaded.
+is missing or was written by an older format, or ``oncotwin radiology train`` writes it. Nothing is ever
+downloaded.
 """
 
 from __future__ import annotations
@@ -36,7 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.radiology.model import RadiologyModel, WeakLabeler, sha256_file, train_from_reports
+from services.radiology.model import (
+    RadiologyModel,
+    StaleArtifact,
+    WeakLabeler,
+    findings_of,
+    sha256_file,
+    train_from_reports,
+)
 from services.radiology.schema import NORMAL, SCHEMAS, Finding, Report, Status
 from shared.errors import InvalidInput
 
@@ -58,13 +67,14 @@ def rules_version() -> str:
 
 
 def default_labeler() -> WeakLabeler:
-    from services.radiology.labeler import weak_label_many
+    """The rule labeler's reading (findings + scope-marked tokens): weak labels and the model's input."""
+    from services.radiology.labeler import weak_read_many
 
-    return weak_label_many
+    return weak_read_many
 
 
 def train(csv_path: Path, schema: str = "openi", labeler: WeakLabeler | None = None,
-          uncertain_positive: bool = False) -> RadiologyModel:
+          uncertain_positive: bool | None = None) -> RadiologyModel:
     """Train on the reports of ``csv_path`` with weak labels (no human labels are read)."""
     from services.radiology.labeler import load_reports
 
@@ -121,22 +131,29 @@ class RadiologyEngine:
 
     def __init__(self, model: RadiologyModel, labeler: WeakLabeler | None = None) -> None:
         self.model = model
-        self.labeler = labeler or default_labeler()
+        self._labeler = labeler  # None: the rule labeler, imported (spaCy) on first use
         self.schema = str(model.metadata.get("schema", "openi"))
         if self.schema not in SCHEMAS:
             raise ValueError(f"model schema {self.schema!r} is not one of {sorted(SCHEMAS)}")
 
+    @property
+    def labeler(self) -> WeakLabeler:
+        if self._labeler is None:
+            self._labeler = default_labeler()
+        return self._labeler
+
     def classify(self, reports: Sequence[Report]) -> list[Classified]:
         if not reports:
             return []
-        proba = self.model.predict_proba(reports)
-        labelled = self.labeler(reports, self.schema)
+        labelled = list(self.labeler(reports, self.schema))  # read once: the model's features and the rules' say
+        proba = self.model.predict_proba(reports, labelled)
+        thresholds = self.model.thresholds
         out: list[Classified] = []
         for report, row, rules in zip(reports, proba, labelled, strict=True):
-            by_label = {f.label: f for f in rules}
+            by_label = {f.label: f for f in findings_of(rules)}
             findings = []
             for j, label in enumerate(self.model.classes):
-                combined = combine(label, float(row[j]), by_label.get(label), self.model.threshold)
+                combined = combine(label, float(row[j]), by_label.get(label), float(thresholds[j]))
                 if combined is not None:
                     findings.append(combined)
             # abnormal findings first, normal last: the order a reader scans
@@ -145,14 +162,52 @@ class RadiologyEngine:
         return out
 
 
+class LabelerEngine:
+    """The weak labeler alone, shaped like ``RadiologyEngine`` (no model: ``probability`` is None).
+
+    For callers that want findings without loading or training a model (the Clinical-History timeline
+    when no artifact exists): every class the rules mention, abnormal first, ``normal`` last."""
+
+    def __init__(self, schema: str = "openi", labeler: WeakLabeler | None = None) -> None:
+        if schema not in SCHEMAS:
+            raise ValueError(f"schema {schema!r} is not one of {sorted(SCHEMAS)}")
+        self.schema = schema
+        self._labeler = labeler  # None: the rule labeler, imported (spaCy) on first use
+
+    @property
+    def labeler(self) -> WeakLabeler:
+        if self._labeler is None:
+            self._labeler = default_labeler()
+        return self._labeler
+
+    def classify(self, reports: Sequence[Report]) -> list[Classified]:
+        if not reports:
+            return []
+        return [
+            Classified(report.uid, tuple(f for f in findings_of(labelled) if f.status != "absent"))
+            for report, labelled in zip(reports, self.labeler(reports, self.schema), strict=True)
+        ]
+
+
+def findings_engine(data_dir: Path) -> RadiologyEngine | LabelerEngine:
+    """The trained engine when its artifact exists (never trained here), else the labeler alone."""
+    if (model_dir(data_dir) / "metadata.json").is_file():
+        return default_engine(data_dir)
+    return LabelerEngine()
+
+
 _LOCK = threading.Lock()
 _ENGINES: dict[Path, RadiologyEngine] = {}
 
 
 def load_or_train(directory: Path, training_csv: Path = DEFAULT_TRAINING_CSV) -> RadiologyModel:
-    """The artifact in ``directory``; trained from ``training_csv`` (weak labels) and saved if missing."""
+    """The artifact in ``directory``; trained from ``training_csv`` (weak labels) and saved if missing or stale."""
     if (directory / "metadata.json").is_file():
-        return RadiologyModel.load(directory)
+        try:
+            return RadiologyModel.load(directory)
+        except StaleArtifact:  # written by an older format: retrained below when the reports are here
+            if not training_csv.is_file():
+                raise
     if not training_csv.is_file():
         raise FileNotFoundError(
             f"no radiology model in {directory} and no training reports at {training_csv}; "
