@@ -30,7 +30,6 @@ TRANSIENT = (UpstreamError, LLMUnavailable, ConnectionError, TimeoutError)
 TASK_MODULES = [  # what a worker imports; each holds thin task wrappers around an engine
     "services.evaluations.tasks",
     "services.medical_necessity.tasks",
-    "services.radiology.tasks",
 ]
 
 

@@ -19,9 +19,11 @@ from services.evaluations.store import DONE, FAILED, FHIR_SERVER, QUEUED, RUNNIN
 from services.evaluations.workflow import _RECORDS, Steps
 from shared.config import Settings, load_settings
 from shared.errors import UpstreamError
+from shared.fhir.record import FhirTime
 from tests.conftest import requires_data, synthea
 from tests.test_fhir_server import PATIENT as SERVER_PATIENT
 from tests.test_fhir_server import TOKEN, FakeFhir, _load_bulk, serving
+from tests.test_radiology_timeline import bundle as imaging_bundle
 
 pytestmark = requires_data
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -45,6 +47,8 @@ def test_steps_fill_every_part_and_the_last_one_finishes_the_evaluation(steps: S
     assert steps.store.get(evaluation_id).status == RUNNING  # type: ignore[union-attr]
     assert steps.necessity(evaluation_id)
     assert steps.navigation(evaluation_id)
+    assert steps.store.get(evaluation_id).status == RUNNING  # type: ignore[union-attr]  # findings still due
+    assert steps.findings(evaluation_id)
     done = steps.store.get(evaluation_id)
     assert done is not None and done.status == DONE and done.finished is not None
     assert done.result is not None
@@ -60,12 +64,27 @@ def test_a_redelivered_step_changes_nothing_once_the_part_is_written(steps: Step
     assert not steps.store.set_part(evaluation_id, "history", {"tampered": True})  # the first write stays
     steps.navigation(evaluation_id)
     steps.necessity(evaluation_id)
+    steps.findings(evaluation_id)
     finished = steps.store.get(evaluation_id)
     assert finished is not None and first is not None and finished.result is not None
     assert "tampered" not in finished.result["history"]
     # After the end, a late redelivery finds no input and stops the workflow.
     assert steps.navigation(evaluation_id) is False
     assert steps.store.get(evaluation_id) == finished
+
+
+def test_imaging_findings_from_the_radiology_step_join_the_history_timeline(steps: Steps) -> None:
+    evaluation_id = steps.store.create(json.dumps(imaging_bundle()).encode(), "dr", None, False)
+    for step in (steps.history, steps.findings, steps.navigation, steps.necessity):
+        assert step(evaluation_id)
+    done = steps.store.get(evaluation_id)
+    assert done is not None and done.result is not None
+    events = done.result["history"]["events"]
+    found = {e["display"]: e for e in events if e["kind"] == "imaging-finding"}
+    assert found["Effusion"]["source"] == "DiagnosticReport/cxr1" and not found["Effusion"]["negated"]
+    assert found["Pneumothorax"]["negated"]
+    dated = [e["date"] for e in events if e["date"]]
+    assert dated == sorted(dated, key=FhirTime.parse)  # merged in timeline order
 
 
 def test_malformed_input_fails_the_evaluation_with_an_operation_outcome(steps: Steps) -> None:
@@ -112,7 +131,7 @@ def test_post_answers_202_with_a_location_then_get_shows_the_result(
     assert pending.headers["Retry-After"] == "1"
 
     steps = Steps(settings)  # what the workers do, in-process
-    for step in (steps.history, steps.navigation, steps.necessity):
+    for step in (steps.history, steps.navigation, steps.necessity, steps.findings):
         step(evaluation_id)
     done = client.get(location, headers=headers)
     body = done.get_json()
@@ -198,6 +217,7 @@ def test_a_patient_from_the_fhir_server_is_pulled_once_and_every_step_reads_that
     assert pulled > 0
     _RECORDS.clear()  # as if the parallel steps ran in other worker processes
     assert from_server.navigation(evaluation_id) and from_server.necessity(evaluation_id)
+    assert from_server.findings(evaluation_id)
     assert len(fhir.seen) == pulled  # no second pull
     done = from_server.store.get(evaluation_id)
     assert done is not None and done.status == DONE and done.patient == SERVER_PATIENT

@@ -1,5 +1,5 @@
 """The evaluation workflow on real parts: Redis as broker and result store, PostgreSQL as database,
-and one Celery worker process per queue group (history+navigation, necessity), as deployed.
+and one Celery worker process per queue group (history+navigation+radiology, necessity).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def environment(database: str, tmp_path_factory: pytest.TempPathFactory) -> dict
 def workers(environment: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     logs = tmp_path_factory.mktemp("logs")
     processes = []
-    for queues in ("history,navigation", "necessity"):
+    for queues in ("history,navigation,radiology", "necessity"):
         command = [sys.executable, "-m", "celery", "-A", "shared.celery_app:celery_app", "worker", "-Q", queues]
         command += ["-c", "1", "--hostname", f"{queues.replace(',', '-')}@%h", "--loglevel", "INFO"]
         with (logs / f"{queues}.log").open("wb") as log:
@@ -118,9 +118,10 @@ def test_an_evaluation_runs_across_the_queues_and_lands_in_postgresql(
     assert row is not None and row[0] == "done" and row[1] == b""
 
     # Routing: each step ran on the worker that consumes its service's queue.
-    history_log = (workers / "history,navigation.log").read_text()
+    history_log = (workers / "history,navigation,radiology.log").read_text()
     necessity_log = (workers / "necessity.log").read_text()
     assert "Task oncotwin.history.evaluation_history[" in history_log
     assert "Task oncotwin.navigation.evaluation_navigation[" in history_log
+    assert "Task oncotwin.radiology.evaluation_findings[" in history_log
     assert "Task oncotwin.necessity.evaluation_necessity[" in necessity_log
     assert "Task oncotwin.necessity." not in history_log and "Task oncotwin.history." not in necessity_log

@@ -7,7 +7,7 @@ their mentions join the timeline marked ``fromText`` with the note and character
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from services.clinical_history.contract import (
     BiomarkerOut,
@@ -181,6 +181,17 @@ def _text_events(record: PatientRecord) -> Iterable[EventOut]:
             )
 
 
+def _in_order(date: str | None, kind: str) -> tuple[bool, FhirTime | None, str]:
+    return (date is None, FhirTime.parse(date) if date else None, kind)
+
+
+def with_events(timeline: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+    """A timeline (its JSON) with more events (JSON, e.g. imaging findings read by the radiology
+    queue), all in timeline order."""
+    merged = sorted([*timeline["events"], *events], key=lambda e: _in_order(e.get("date"), e["kind"]))
+    return {**timeline, "events": merged}
+
+
 def build_timeline(
     record: PatientRecord, *, include_notes: bool = True, findings: FindingsClassifier | None = None
 ) -> Timeline:
@@ -192,7 +203,7 @@ def build_timeline(
         from services.clinical_history.imaging_findings import imaging_finding_events
 
         events.extend(imaging_finding_events(record, findings))
-    events.sort(key=lambda e: (e.date is None, FhirTime.parse(e.date) if e.date else None, e.kind))
+    events.sort(key=lambda e: _in_order(e.date, e.kind))
     lines = [
         LineOut(
             line=line.line,

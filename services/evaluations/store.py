@@ -15,10 +15,11 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, LargeBinary, String, select, update
 from sqlalchemy.orm import Mapped, defer, mapped_column
 
+from services.clinical_history.timeline import with_events
 from shared.config import Settings
 from shared.db import Base, sessions
 
-PARTS = ("history", "navigation", "necessity")
+PARTS = ("history", "navigation", "necessity", "findings")  # findings: imaging-finding events
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 BUNDLE, FHIR_SERVER = "bundle", "fhir"
 
@@ -43,6 +44,7 @@ class EvaluationRow(Base):
     history: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     navigation: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     necessity: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    findings: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     error: Mapped[Any | None] = mapped_column(JSON, nullable=True)  # an OperationOutcome
 
 
@@ -147,5 +149,8 @@ class EvaluationStore:
             row = s.execute(query).scalar_one_or_none()
             if row is None:
                 return None
-            result = {p: getattr(row, p) for p in PARTS} if row.status == DONE else None
+            result = None
+            if row.status == DONE:  # the radiology queue's findings join the history timeline
+                history = with_events(row.history, row.findings)
+                result = {"history": history, "navigation": row.navigation, "necessity": row.necessity}
             return Evaluation(row.id, row.status, row.created, row.finished, row.owner, row.patient, result, row.error)

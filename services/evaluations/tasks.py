@@ -1,6 +1,6 @@
 """Celery face of the evaluation workflow: one task per step, each on its service's queue.
 
-``start`` chains history -> group(navigation, necessity). The join needs no chord: the step that
+``start`` chains history -> group(navigation, necessity, imaging findings). The join needs no chord: the step that
 writes the last part finishes the evaluation in the database (see ``EvaluationStore.set_part``), so
 nothing depends on the result backend and a redelivered step cannot finish it twice.
 """
@@ -54,7 +54,12 @@ def necessity_with_llm(evaluation_id: str) -> bool:
     return _steps().necessity(evaluation_id)
 
 
+@celery_app.task(name="oncotwin.radiology.evaluation_findings", base=EvaluationTask, ignore_result=True)
+def findings(evaluation_id: str) -> bool:
+    return _steps().findings(evaluation_id)
+
+
 def start(evaluation_id: str, llm: bool = False) -> None:
     judged = necessity_with_llm if llm else necessity
-    parallel = group(navigation.si(evaluation_id), judged.si(evaluation_id))
+    parallel = group(navigation.si(evaluation_id), judged.si(evaluation_id), findings.si(evaluation_id))
     chain(history.si(evaluation_id), parallel).apply_async()  # results live in the database

@@ -18,10 +18,12 @@ from typing import Any
 from graph import open_store
 from graph.queries import PathwayQueries
 from services.care_navigation.engine import navigate
+from services.clinical_history.imaging_findings import FindingsClassifier, imaging_finding_events
 from services.clinical_history.timeline import build_timeline
 from services.evaluations.store import FHIR_SERVER, EvaluationStore
 from services.medical_necessity.engine import assess
 from services.medical_necessity.judge import Judge, NoJudge
+from services.radiology.service import findings_engine
 from shared.config import Settings
 from shared.errors import OncoTwinError, UpstreamError
 from shared.fhir.ingest import load_bundle
@@ -41,6 +43,7 @@ class Steps:
         self._settings = settings
         self._queries: PathwayQueries | None = None
         self._judge = judge or NoJudge()
+        self._findings: FindingsClassifier | None = None
 
     @property
     def queries(self) -> PathwayQueries:
@@ -57,6 +60,13 @@ class Steps:
 
     def necessity(self, evaluation_id: str) -> bool:
         return self._step(evaluation_id, "necessity", lambda r: assess(r, self.queries, None, self._judge).to_json())
+
+    def findings(self, evaluation_id: str) -> bool:
+        """Imaging reports read by the radiology twin: ``imaging-finding`` events for the timeline."""
+        if self._findings is None:
+            self._findings = findings_engine(self._settings.data_dir)
+        engine = self._findings
+        return self._step(evaluation_id, "findings", lambda r: [e.to_json() for e in imaging_finding_events(r, engine)])
 
     def _step(self, evaluation_id: str, part: str, run: Callable[[PatientRecord], Any]) -> bool:
         """True when this call wrote the part (False: a redelivery, or the evaluation has ended)."""
