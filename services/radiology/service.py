@@ -126,21 +126,25 @@ def combine(label: str, probability: float, rule: Finding | None, threshold: flo
     return None
 
 
-class RadiologyEngine:
-    """A trained model plus the weak labeler of the same schema; thread-safe for reading."""
-
-    def __init__(self, model: RadiologyModel, labeler: WeakLabeler | None = None) -> None:
-        self.model = model
-        self._labeler = labeler  # None: the rule labeler, imported (spaCy) on first use
-        self.schema = str(model.metadata.get("schema", "openi"))
-        if self.schema not in SCHEMAS:
-            raise ValueError(f"model schema {self.schema!r} is not one of {sorted(SCHEMAS)}")
+class _UsesLabeler:
+    _labeler: WeakLabeler | None  # None: the rule labeler, imported (spaCy) on first use
 
     @property
     def labeler(self) -> WeakLabeler:
         if self._labeler is None:
             self._labeler = default_labeler()
         return self._labeler
+
+
+class RadiologyEngine(_UsesLabeler):
+    """A trained model plus the weak labeler of the same schema; thread-safe for reading."""
+
+    def __init__(self, model: RadiologyModel, labeler: WeakLabeler | None = None) -> None:
+        self.model = model
+        self._labeler = labeler
+        self.schema = str(model.metadata.get("schema", "openi"))
+        if self.schema not in SCHEMAS:
+            raise ValueError(f"model schema {self.schema!r} is not one of {sorted(SCHEMAS)}")
 
     def classify(self, reports: Sequence[Report]) -> list[Classified]:
         if not reports:
@@ -162,7 +166,7 @@ class RadiologyEngine:
         return out
 
 
-class LabelerEngine:
+class LabelerEngine(_UsesLabeler):
     """The weak labeler alone, shaped like ``RadiologyEngine`` (no model: ``probability`` is None).
 
     For callers that want findings without loading or training a model (the Clinical-History timeline
@@ -172,13 +176,7 @@ class LabelerEngine:
         if schema not in SCHEMAS:
             raise ValueError(f"schema {schema!r} is not one of {sorted(SCHEMAS)}")
         self.schema = schema
-        self._labeler = labeler  # None: the rule labeler, imported (spaCy) on first use
-
-    @property
-    def labeler(self) -> WeakLabeler:
-        if self._labeler is None:
-            self._labeler = default_labeler()
-        return self._labeler
+        self._labeler = labeler
 
     def classify(self, reports: Sequence[Report]) -> list[Classified]:
         if not reports:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from graph import open_store
 from graph.queries import PathwayQueries
@@ -39,6 +39,7 @@ from shared.llm import LLMUnavailable
 logger = logging.getLogger(__name__)
 TRANSIENT = (UpstreamError, LLMUnavailable, ConnectionError, TimeoutError)
 InputSpec = tuple[str, str, str]  # input key, reference, label
+T = TypeVar("T")
 
 
 @dataclass
@@ -126,17 +127,8 @@ class Auditor:
             return Work()
         if ref.startswith(SEARCH):
             return self._expand_search(audit_id, input_key, ref, input_label, final)
-        try:
-            records = read_input(ref, self.settings)
-        except TRANSIENT as exc:
-            self._input_error(audit_id, input_key, ref, input_label, _given_up(exc, final))
-            return Work()
-        except OncoTwinError as exc:
-            self._input_error(audit_id, input_key, ref, input_label, exc.message)
-            return Work()
-        except Exception as exc:  # an unreadable input must not stop the audit
-            logger.warning("audit input could not be read (%s)", type(exc).__name__)
-            self._input_error(audit_id, input_key, ref, input_label, f"input could not be read ({type(exc).__name__})")
+        records = self._read(audit_id, (input_key, ref, input_label), final, lambda: read_input(ref, self.settings))
+        if records is None:
             return Work()
         self.cache.put(ref, records)
         rows = []
@@ -166,19 +158,29 @@ class Auditor:
         return Work(orders=pending)
 
     def _expand_search(self, audit_id: str, input_key: str, ref: str, input_label: str, final: bool) -> Work:
-        try:
-            found = expand_search(ref, self.settings)
-        except TRANSIENT as exc:
-            self._input_error(audit_id, input_key, ref, input_label, _given_up(exc, final))
-            return Work()
-        except OncoTwinError as exc:
-            self._input_error(audit_id, input_key, ref, input_label, exc.message)
+        found = self._read(audit_id, (input_key, ref, input_label), final, lambda: expand_search(ref, self.settings))
+        if found is None:
             return Work()
         children = [(key(child), child, child) for child in found]
         store.add_inputs(self.db, audit_id, input_key, children)
         if not children:
             store.finish_if_complete(self.db, audit_id)
         return Work(inputs=children)
+
+    def _read(self, audit_id: str, spec: InputSpec, final: bool, read: Callable[[], T]) -> T | None:
+        """``read()``; or, when the input cannot be read, None after writing its error row (transient
+        failures are raised for a retry until ``final``). An unreadable input never stops the audit."""
+        try:
+            return read()
+        except TRANSIENT as exc:
+            message = _given_up(exc, final)
+        except OncoTwinError as exc:
+            message = exc.message
+        except Exception as exc:
+            logger.warning("audit input could not be read (%s)", type(exc).__name__)
+            message = f"input could not be read ({type(exc).__name__})"
+        self._input_error(audit_id, *spec, message)
+        return None
 
     def _input_error(self, audit_id: str, input_key: str, ref: str, input_label: str, message: str) -> None:
         store.add_input_error(self.db, audit_id, input_key, key(ref, "input-error"), input_label, message)
