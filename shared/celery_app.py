@@ -20,13 +20,15 @@ from typing import Any
 
 from celery import Celery, Task
 from kombu import Queue
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.config import Settings, load_settings
-from shared.errors import UpstreamError
-from shared.llm import LLMUnavailable
+from shared.errors import TRANSIENT
 
 QUEUES = ("history", "navigation", "necessity", "radiology", "llm")
-TRANSIENT = (UpstreamError, LLMUnavailable, ConnectionError, TimeoutError)
+PREFETCH = 4  # messages a pool process reserves ahead (late acks: they stay unacked meanwhile)
+# Retried with backoff: upstreams and the network, and a database connection lost (failover, restart).
+RETRIED = (*TRANSIENT, OperationalError, InterfaceError)
 TASK_MODULES = [  # what a worker imports; each holds thin task wrappers around an engine
     "services.evaluations.tasks",
     "services.medical_necessity.tasks",
@@ -45,7 +47,7 @@ class OncoTwinTask(Task):
 
     acks_late = True
     reject_on_worker_lost = True
-    autoretry_for = TRANSIENT
+    autoretry_for = RETRIED
     retry_backoff = 2  # seconds, doubled per attempt
     retry_backoff_max = 120
     retry_jitter = True
@@ -71,7 +73,7 @@ def conf(settings: Settings) -> dict[str, Any]:
         "task_default_queue": "necessity",
         "worker_direct": True,  # a queue per worker node, for work that must stay where its data is cached
         "task_routes": (route,),
-        "worker_prefetch_multiplier": 4,
+        "worker_prefetch_multiplier": PREFETCH,
         "worker_hijack_root_logger": False,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": _transport_options(settings.broker_url, settings.task_time_limit_s),
@@ -85,8 +87,9 @@ def conf(settings: Settings) -> dict[str, Any]:
 def _transport_options(broker_url: str, time_limit_s: int) -> dict[str, Any]:
     if broker_url.startswith(("redis://", "rediss://")):
         return {
-            # A message not acked within this time goes back to the queue (its worker died).
-            "visibility_timeout": time_limit_s * 2,
+            # A message not acked within this time goes back to the queue (its worker died). A prefetched
+            # message may wait behind PREFETCH tasks of up to the hard limit each, so not sooner.
+            "visibility_timeout": (PREFETCH + 1) * time_limit_s,
             # Message priorities (0 first): e.g. an audit's orders run before more inputs are read.
             "queue_order_strategy": "priority",
             "priority_steps": list(range(10)),

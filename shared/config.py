@@ -115,6 +115,7 @@ class Settings:
     database_url: str | None = None
     task_soft_time_limit_s: int = 120
     task_time_limit_s: int = 180
+    audit_stall_s: int = 600  # an audit with no progress for this long is resumed by a worker
     # Batch necessity audits: paths an HTTP caller may name must lie under this folder; None: no paths over HTTP.
     audit_input_root: Path | None = None
 
@@ -290,6 +291,7 @@ class _CoordinationFields(TypedDict):
     database_url: str | None
     task_soft_time_limit_s: int
     task_time_limit_s: int
+    audit_stall_s: int
 
 
 _BROKERS = ("redis://", "rediss://", "amqp://", "amqps://", "sqla+", "filesystem://")
@@ -309,12 +311,16 @@ def _coordination(env: Mapping[str, str]) -> _CoordinationFields:
     hard = _int(env, "TASK_TIME_LIMIT_SECONDS", 180)
     if hard <= soft:
         raise ConfigError("TASK_TIME_LIMIT_SECONDS must be greater than TASK_SOFT_TIME_LIMIT_SECONDS")
+    stall = _int(env, "AUDIT_STALL_SECONDS", 600)
+    if stall <= hard:  # an order may run up to the hard limit: that is not a stall
+        raise ConfigError("AUDIT_STALL_SECONDS must be greater than TASK_TIME_LIMIT_SECONDS")
     return {
         "celery_broker_url": _prefixed(env, "CELERY_BROKER_URL", _BROKERS),
         "celery_result_backend": _prefixed(env, "CELERY_RESULT_BACKEND", _RESULT_BACKENDS),
         "database_url": _prefixed(env, "DATABASE_URL", _DATABASES),
         "task_soft_time_limit_s": soft,
         "task_time_limit_s": hard,
+        "audit_stall_s": stall,
     }
 
 

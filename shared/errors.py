@@ -102,5 +102,10 @@ class UpstreamError(OncoTwinError):
         super().__init__(message, [], status, "transient")
 
 
+# Failures worth retrying later: an upstream service (FHIR server, LLM: LLMUnavailable is an
+# UpstreamError) or the network. Task retries add the database's connection errors.
+TRANSIENT: tuple[type[Exception], ...] = (UpstreamError, ConnectionError, TimeoutError)
+
+
 class ConfigError(Exception):
     """Configuration is invalid at start-up. Never reaches a client: the process refuses to start."""

@@ -8,6 +8,7 @@ import io
 import json
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -255,6 +256,37 @@ def test_one_automatic_resume_per_quiet_window(auditor: Auditor) -> None:
     assert store.claim_resume(auditor.db, audit_id, -1)  # once the window has passed
     store.cancel(auditor.db, audit_id)
     assert not store.claim_resume(auditor.db, audit_id, -1)  # only running audits
+
+
+def test_only_audits_without_progress_for_the_quiet_time_count_as_stalled(auditor: Auditor) -> None:
+    audit_id, work = auditor.start([synthea("Whitney_Ortiz")])
+    assert store.stalled_audits(auditor.db, 60) == []  # just created
+    past = time.time() - 120
+    with auditor.db.begin() as session:
+        session.execute(update(store.Audit).where(store.Audit.id == audit_id).values(created=past))
+    assert store.stalled_audits(auditor.db, 60) == [audit_id]
+    expanded = auditor.expand(audit_id, *work.inputs[0])  # progress: its order rows appear now
+    assert expanded.orders and store.stalled_audits(auditor.db, 60) == []
+    with auditor.db.begin() as session:
+        session.execute(update(store.AuditOrder).where(store.AuditOrder.audit_id == audit_id).values(created=past))
+    assert store.stalled_audits(auditor.db, 60) == [audit_id]
+    assert store.claim_resume(auditor.db, audit_id, 60)
+    assert store.stalled_audits(auditor.db, 60) == []  # a resume counts as progress for a while
+    store.cancel(auditor.db, audit_id)
+    assert store.stalled_audits(auditor.db, -1) == []  # only running audits
+
+
+def test_links_inside_the_input_folder_are_not_followed(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "a").mkdir(parents=True)
+    outside.mkdir()
+    shutil.copy(synthea("Whitney_Ortiz"), outside / "secret.json")
+    shutil.copy(synthea("Darin_Skiles"), root / "a" / "inside.json")
+    (root / "a" / "escape").symlink_to(outside, target_is_directory=True)
+    (root / "a" / "escape.json").symlink_to(outside / "secret.json")
+    (root / "a" / "loop").symlink_to(root / "a", target_is_directory=True)  # would never end if followed
+    refs = enumerate_paths(["a"], root)
+    assert refs == [FILE + str((root / "a" / "inside.json").resolve())]
 
 
 # -- the store on both dialects ------------------------------------------------------------------------------

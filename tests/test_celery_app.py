@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.celery_app import QUEUES, celery_app, conf, route
+from shared.celery_app import PREFETCH, QUEUES, celery_app, conf, route
 from shared.config import load_settings
 from shared.errors import ConfigError
 
@@ -41,12 +41,12 @@ def test_reliability_policies(tmp_path: Path) -> None:
     assert c["broker_transport_options"] == {}  # the SQLite transport passes options to create_engine
 
 
-def test_redis_gets_a_visibility_timeout_beyond_the_hard_limit(tmp_path: Path) -> None:
+def test_redis_redelivers_only_after_every_reserved_task_could_have_run(tmp_path: Path) -> None:
     env = {"ONCOTWIN_DATA_DIR": str(tmp_path), "CELERY_BROKER_URL": "redis://h:6379/0"}
     env["TASK_TIME_LIMIT_SECONDS"] = "200"
     c = conf(load_settings(env))
     assert c["broker_url"] == "redis://h:6379/0"
-    assert c["broker_transport_options"]["visibility_timeout"] == 400
+    assert c["broker_transport_options"]["visibility_timeout"] == (PREFETCH + 1) * 200 > 200
 
 
 @pytest.mark.parametrize(
@@ -56,6 +56,7 @@ def test_redis_gets_a_visibility_timeout_beyond_the_hard_limit(tmp_path: Path) -
         ({"CELERY_RESULT_BACKEND": "mongodb://x"}, "CELERY_RESULT_BACKEND"),
         ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
         ({"TASK_SOFT_TIME_LIMIT_SECONDS": "300"}, "TASK_TIME_LIMIT_SECONDS"),
+        ({"AUDIT_STALL_SECONDS": "100"}, "AUDIT_STALL_SECONDS"),
     ],
 )
 def test_bad_coordination_settings_fail_naming_the_variable(env: dict[str, str], words: str) -> None:

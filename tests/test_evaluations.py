@@ -236,3 +236,22 @@ def test_without_a_body_a_patient_and_a_fhir_server_are_needed(client: FlaskClie
     response = client.post("/v1/evaluations?patient=p1", headers=_headers(mint))
     assert response.status_code == 400
     assert "FHIR server" in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_a_step_that_fails_for_good_ends_the_evaluation_saying_whether_to_retry(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, austin: bytes
+) -> None:
+    from services.evaluations import tasks
+
+    monkeypatch.setenv("ONCOTWIN_DATA_DIR", str(tmp_path / "var"))
+    tasks._steps.cache_clear()
+    try:
+        store = tasks._steps().store
+        for exc, code in ((UpstreamError("down", 503), "transient"), (KeyError("bug"), "exception")):
+            evaluation_id = store.create(austin, "dr", None, False)
+            tasks.history.on_failure(exc, "task-id", [evaluation_id], {}, None)
+            failed = store.get(evaluation_id)
+            assert failed is not None and failed.status == FAILED and failed.error is not None
+            assert failed.error["issue"][0]["code"] == code
+    finally:
+        tasks._steps.cache_clear()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, LargeBinary, String, select, update
+from sqlalchemy import JSON, Boolean, DateTime, LargeBinary, String, Text, select, update
 from sqlalchemy.orm import Mapped, defer, mapped_column
 
 from services.clinical_history.timeline import with_events
@@ -35,9 +35,9 @@ class EvaluationRow(Base):
     status: Mapped[str] = mapped_column(String(16), default=QUEUED)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    owner: Mapped[str] = mapped_column(String(200))  # token subject; only they may read it
+    owner: Mapped[str] = mapped_column(Text)  # token subject (any length); only they may read it
     patient_param: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    patient: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    patient: Mapped[str | None] = mapped_column(Text, nullable=True)  # from the input: unbounded
     strict: Mapped[bool] = mapped_column(Boolean, default=False)
     source: Mapped[str] = mapped_column(String(16), default=BUNDLE)  # bundle, or fhir: pull from the server
     body: Mapped[bytes] = mapped_column(LargeBinary)  # zlib-compressed FHIR Bundle; dropped when done

@@ -15,9 +15,9 @@ from celery import chain, group
 
 from services.evaluations.workflow import Steps
 from services.medical_necessity.judge import judge_from_env
-from shared.celery_app import OncoTwinTask, celery_app
+from shared.celery_app import RETRIED, OncoTwinTask, celery_app
 from shared.config import load_settings
-from shared.errors import UpstreamError
+from shared.errors import OncoTwinError, UpstreamError
 
 
 @cache
@@ -28,8 +28,12 @@ def _steps() -> Steps:
 class EvaluationTask(OncoTwinTask):
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """Out of retries, or a bug: the evaluation ends as failed instead of running forever."""
-        problem = UpstreamError("an evaluation step failed; try again later", 503)
-        _steps().store.fail(args[0], problem.to_operation_outcome())
+        outcome: OncoTwinError
+        if isinstance(exc, RETRIED):
+            outcome = UpstreamError("a service the evaluation needs kept failing; try again later", 503)
+        else:  # deterministic: the same input would fail again, so do not invite a retry
+            outcome = OncoTwinError("the evaluation failed on an internal error (logged)", issue_code="exception")
+        _steps().store.fail(args[0], outcome.to_operation_outcome())
 
 
 @celery_app.task(name="oncotwin.history.evaluation_history", base=EvaluationTask, ignore_result=True)

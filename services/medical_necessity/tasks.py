@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 QUEUE = "necessity"
 INPUT_PRIORITY = 9
 RESUME_QUIET_S = 30.0  # workers connecting within this window resume an audit once between them
+STALL_CHECK_S = 60.0  # how often each necessity worker looks for stalled audits
 
 
 @cache
@@ -118,6 +119,21 @@ def resume_running(settings: Settings) -> int:
     return resumed
 
 
+def resume_stalled(settings: Settings) -> int:
+    """Re-enqueue the pending work of audits that made no progress for ``AUDIT_STALL_SECONDS``
+    (one worker per audit and window does it); returns how many audits this call resumed."""
+    audits = Auditor(settings)
+    resumed = 0
+    for audit_id in store.stalled_audits(audits.db, settings.audit_stall_s):
+        if store.claim_resume(audits.db, audit_id, settings.audit_stall_s):
+            work = audits.resume(audit_id)
+            enqueue(audit_id, work)
+            resumed += 1
+            inputs, orders = len(work.inputs), len(work.orders)
+            logger.warning("audit %s stalled; resumed: %d inputs, %d orders", audit_id, inputs, orders)
+    return resumed
+
+
 class ResumeAudits(bootsteps.StartStopStep):
     """Runs each time the worker's consumer (re)connects: at start, and after the broker came back
     (a restarted Redis without persistence has lost the queue; a killed worker's messages wait for
@@ -125,14 +141,34 @@ class ResumeAudits(bootsteps.StartStopStep):
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._stall_check: Any = None
+
     def start(self, c: Any) -> None:
         queues = set(c.app.amqp.queues.consume_from or {QUEUE: None})
         if QUEUE not in queues:
             return
         try:
             resume_running(load_settings())
-        except Exception:  # the database may be down too; the next reconnect or a manual resume retries
+        except Exception:  # the database may be down too; the stall check or a manual resume retries
             logger.exception("could not resume running audits")
+        # Work can also be lost while every worker stays connected (a scaled-down node's own queue, a
+        # database outage past the retries): look for audits without progress now and then.
+        if self._stall_check is None:
+            self._stall_check = c.timer.call_repeatedly(STALL_CHECK_S, _check_stalled)
+
+    def stop(self, c: Any) -> None:
+        if self._stall_check is not None:
+            self._stall_check.cancel()
+            self._stall_check = None
+
+
+def _check_stalled() -> None:
+    try:
+        resume_stalled(load_settings())
+    except Exception:  # the next check tries again
+        logger.exception("could not check for stalled audits")
 
 
 celery_app.steps["consumer"].add(ResumeAudits)

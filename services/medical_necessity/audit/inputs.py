@@ -22,7 +22,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
@@ -57,8 +57,12 @@ def _first_resource_type(path: Path) -> str | None:
 
 
 def _folder_inputs(folder: Path) -> Iterator[str]:
+    """Inputs below ``folder``. Symbolic links are never followed: a link could leave the audit
+    input folder, or loop back into it."""
     loose = False
     for child in sorted(folder.iterdir()):
+        if child.is_symlink():
+            continue
         if child.is_dir():
             yield from _folder_inputs(child)
         elif _is_ndjson(child):
@@ -92,14 +96,16 @@ def enumerate_paths(paths: Sequence[str | Path], root: Path | None = None) -> li
     for raw in paths:
         path = confined(Path(raw), root)
         if path.is_dir():
-            refs.extend(_folder_inputs(path))
+            found = _folder_inputs(path)
         elif path.is_file():
-            refs.append(FILE + str(path))
+            found = iter([FILE + str(path)])
         else:
             shown = raw if root is not None else path.name  # the caller's own words, or a file name
             raise InvalidInput(f"no such file or folder: {shown}", issue_code="not-found")
-        if len(refs) > MAX_INPUTS:
-            raise InvalidInput(f"an audit takes at most {MAX_INPUTS} inputs", issue_code="too-costly")
+        for ref in found:  # counted as found, so a huge tree is refused without walking all of it
+            refs.append(ref)
+            if len(refs) > MAX_INPUTS:
+                raise InvalidInput(f"an audit takes at most {MAX_INPUTS} inputs", issue_code="too-costly")
     return list(dict.fromkeys(refs))
 
 
@@ -194,6 +200,10 @@ class LoadedInput:
 
     records: list[PatientRecord]
     _orders: dict[tuple[str, str], list[Order]] | None = None
+    _by_id: dict[str, PatientRecord] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._by_id = {each.id: each for each in self.records}
 
     def orders(self, patient: str, reference: str) -> tuple[PatientRecord | None, list[Order]]:
         """The patient's record and its reviewable orders with this reference (usually one)."""
@@ -203,8 +213,7 @@ class LoadedInput:
                 for order in orders_to_review(each):
                     index.setdefault((each.id, order.reference), []).append(order)
             self._orders = index
-        found = next((r for r in self.records if r.id == patient), None)
-        return found, self._orders.get((patient, reference), [])
+        return self._by_id.get(patient), self._orders.get((patient, reference), [])
 
 
 class RecordCache:

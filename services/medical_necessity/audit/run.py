@@ -32,12 +32,10 @@ from services.medical_necessity.engine import assess, orders_to_review
 from services.medical_necessity.judge import Judge, NoJudge
 from shared.config import Settings
 from shared.db import sessions
-from shared.errors import InvalidInput, OncoTwinError, UpstreamError
+from shared.errors import TRANSIENT, InvalidInput, OncoTwinError
 from shared.fhir.record import PatientRecord
-from shared.llm import LLMUnavailable
 
 logger = logging.getLogger(__name__)
-TRANSIENT = (UpstreamError, LLMUnavailable, ConnectionError, TimeoutError)
 InputSpec = tuple[str, str, str]  # input key, reference, label
 T = TypeVar("T")
 

@@ -51,7 +51,7 @@ class Audit(Base):
     created: Mapped[float] = mapped_column(Float)
     finished: Mapped[float | None] = mapped_column(Float, nullable=True)
     resumed: Mapped[float | None] = mapped_column(Float, nullable=True)  # last automatic resume
-    owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    owner: Mapped[str | None] = mapped_column(Text, nullable=True)  # token subject, any length
 
 
 class AuditInput(Base):
@@ -74,14 +74,14 @@ class AuditOrder(Base):
     audit_id: Mapped[str] = mapped_column(String(32))
     order_key: Mapped[str] = mapped_column(String(40))
     input_key: Mapped[str] = mapped_column(String(40))
-    input: Mapped[str] = mapped_column(Text)  # the input's label
-    patient: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    reference: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    input: Mapped[str] = mapped_column(Text)  # the input's label (values read from inputs are unbounded: Text)
+    patient: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reference: Mapped[str | None] = mapped_column(Text, nullable=True)
     occurrence: Mapped[int] = mapped_column(Integer, default=0)  # the same reference twice in one record
     system: Mapped[str | None] = mapped_column(Text, nullable=True)
-    code: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    code: Mapped[str | None] = mapped_column(Text, nullable=True)
     display: Mapped[str | None] = mapped_column(Text, nullable=True)
-    cancer: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    cancer: Mapped[str | None] = mapped_column(Text, nullable=True)
     state: Mapped[str] = mapped_column(String(16), default=PENDING)
     determination: Mapped[str | None] = mapped_column(String(40), nullable=True)
     confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -334,6 +334,25 @@ def claim_resume(db: sessionmaker[Session], audit_id: str, quiet_s: float) -> bo
             .values(resumed=now)
         )
         return bool(getattr(result, "rowcount", 0))
+
+
+def stalled_audits(db: sessionmaker[Session], quiet_s: float) -> list[str]:
+    """Running audits with no progress (no row added or finished, no resume) for ``quiet_s``: their
+    queued work was lost (a worker node's own queue gone with its pod, a database outage past the
+    retries), so only a resume will finish them."""
+    cutoff = time.time() - quiet_s
+    last_row = (
+        select(func.max(func.coalesce(AuditOrder.finished, AuditOrder.created)))
+        .where(AuditOrder.audit_id == Audit.id)
+        .scalar_subquery()
+    )
+    query = select(Audit.id).where(
+        Audit.state == RUNNING,
+        func.coalesce(last_row, Audit.created) < cutoff,
+        func.coalesce(Audit.resumed, Audit.created) < cutoff,
+    )
+    with db() as session:
+        return list(session.scalars(query.order_by(Audit.created)))
 
 
 def running_audits(db: sessionmaker[Session]) -> list[str]:
