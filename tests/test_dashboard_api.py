@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from flask import Flask, jsonify, request
+from flask import Flask, jsonify, redirect, request
 from flask.testing import FlaskClient
 
 from services.dashboard.app import EXT, SESSION_COOKIE
@@ -109,8 +109,16 @@ def test_sign_in_checks_csrf_token_and_scope(client: FlaskClient, mint: Callable
     assert client.get_cookie(SESSION_COOKIE, path="/dashboard") is None
 
 
-def test_session_cookie_is_httponly_strict_and_secure_over_https(app: Flask, mint: Callable[..., str]) -> None:
-    for base, secure in (("http://localhost", False), ("https://localhost", True)):
+def test_session_cookie_is_httponly_strict_and_secure_unless_loopback(app: Flask, mint: Callable[..., str]) -> None:
+    # Secure by default (a TLS-terminating proxy forwards plain http); only loopback http goes without.
+    cases = (
+        ("http://localhost", False),
+        ("http://127.0.0.1:8080", False),
+        ("http://[::1]:8080", False),
+        ("https://localhost", True),
+        ("http://dashboard.example.org", True),
+    )
+    for base, secure in cases:
         client = app.test_client()
         form = client.get("/dashboard/signin", base_url=base)
         response = client.post(
@@ -167,20 +175,26 @@ def test_scopes_decide_the_sections(client: FlaskClient, mint: Callable[..., str
     pid = patients(client, csrf, "sherman")["Sherman McGlynn"]
     data = client.get(f"/dashboard/api/patients/{pid}").json
     assert data["timeline"]["events"] and data["navigation"] is None and data["necessity"] is None
-    assert client.get(f"/dashboard/api/patients/{pid}/pathways/sclc@2026.11").status_code == 403
+    assert client.get(f"/dashboard/api/patients/{pid}/pathways/0").status_code == 403
 
 
 @requires_data
 def test_pathway_view_marks_the_patients_path(client: FlaskClient, mint: Callable[..., str]) -> None:
     csrf = sign_in(client, mint())
     pid = patients(client, csrf, "sherman")["Sherman McGlynn"]
-    key = next(p["key"] for p in client.get(f"/dashboard/api/patients/{pid}").json["pathways"] if "sclc" in p["key"])
-    view = client.get(f"/dashboard/api/patients/{pid}/pathways/{key}").json
+    listed = client.get(f"/dashboard/api/patients/{pid}").json["pathways"]
+    index = next(i for i, p in enumerate(listed) if "sclc" in p["key"])
+    # URLs carry the pathway's place in the list, never its key (which names the diagnosis).
+    view = client.get(f"/dashboard/api/patients/{pid}/pathways/{index}").json
+    assert view["pathway"]["key"] == listed[index]["key"]
     statuses = {n["id"]: n["status"] for n in view["nodes"]}
     assert view["position"] and all(statuses[p] == "position" for p in view["position"])
     on_path = [e for e in view["edges"] if e["onPath"]]
     assert on_path and all(statuses[e["from"]] in {"done", "decided", "position"} for e in on_path)
-    assert client.get(f"/dashboard/api/patients/{pid}/pathways/breast@2026.11").status_code == 404
+    assert client.get(f"/dashboard/api/patients/{pid}/pathways/{len(listed)}").status_code == 404
+    # The old key-in-URL form is no route at all (refused before any view runs).
+    assert client.get(f"/dashboard/api/patients/{pid}/pathways/{listed[index]['key']}").status_code in {401, 404}
+    assert client.get(f"/dashboard/patients/{pid}/pathways/{listed[index]['key']}").status_code in {401, 404}
 
 
 def test_session_ends_when_idle_at_token_expiry_and_at_sign_out(app: Flask, mint: Callable[..., str]) -> None:
@@ -196,9 +210,14 @@ def test_session_ends_when_idle_at_token_expiry_and_at_sign_out(app: Flask, mint
     now[0] += idle + 1
     assert client.get("/dashboard/patients").status_code == 303
     csrf = sign_in(client, mint())
-    assert client.post("/dashboard/signout", data={"csrf": "wrong"}).status_code == 403
+    # A stale form (or a forged one) goes back to sign-in, not to raw JSON, and signs nobody out.
+    stale = client.post("/dashboard/signout", data={"csrf": "wrong"})
+    assert stale.status_code == 303 and stale.headers["Location"] == "/dashboard/signin"
+    assert client.get("/dashboard/patients").status_code == 200
     assert client.post("/dashboard/signout", data={"csrf": csrf}).status_code == 303
     assert client.get("/dashboard/patients").status_code == 303
+    expired = client.post("/dashboard/signout", data={"csrf": csrf})  # the session is gone already
+    assert expired.status_code == 303 and expired.headers["Location"] == "/dashboard/signin"
 
 
 def test_signed_in_session_ends_at_the_tokens_exp(app: Flask, mint: Callable[..., str]) -> None:
@@ -300,7 +319,7 @@ def test_smart_settings_fail_fast() -> None:
 
 def _fake_ehr() -> tuple[Flask, dict[str, Any]]:
     import jwt
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from jwt.algorithms import ECAlgorithm
 
     ehr = Flask("fake-ehr")
@@ -313,7 +332,7 @@ def _fake_ehr() -> tuple[Flask, dict[str, Any]]:
         base = request.host_url.rstrip("/")
         return jsonify(
             authorization_endpoint=f"{base}/authorize",
-            token_endpoint=f"{base}/token",
+            token_endpoint=seen.get("token_endpoint") or f"{base}/token",
             code_challenge_methods_supported=["S256"],
             jwks_uri=f"{base}/jwks",
             issuer=f"{base}/fhir",
@@ -328,6 +347,10 @@ def _fake_ehr() -> tuple[Flask, dict[str, Any]]:
         code = f"code-{len(seen['codes'])}"
         seen["codes"][code] = dict(request.args)
         return jsonify(code=code, state=request.args["state"])  # stands in for the redirect back
+
+    @ehr.post("/token-moved")
+    def token_moved() -> Any:
+        return redirect("/token", 307)
 
     @ehr.post("/token")
     def token() -> Any:
@@ -350,12 +373,15 @@ def _fake_ehr() -> tuple[Flask, dict[str, Any]]:
             "iat": now,
             "exp": now + 300,
         }
-        id_token = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "ehr-1"})
+        if seen.get("rsa_id_token"):  # RS256 without a kid, while the JWKS holds an EC key only
+            id_token = jwt.encode(claims, rsa.generate_private_key(65537, 2048), algorithm="RS256")
+        else:
+            id_token = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "ehr-1"})
         return jsonify(
             access_token="ehr-token",
             token_type="Bearer",
             expires_in=600,
-            patient="p1",
+            patient=None if seen.get("no_patient") else "p1",
             scope="launch",
             id_token=id_token,
         )
@@ -394,20 +420,34 @@ def ehr() -> Iterator[tuple[str, dict[str, Any]]]:
         yield base, seen
 
 
-@pytest.fixture
-def smart_client(ehr: tuple[str, dict[str, Any]], tmp_path: Path) -> FlaskClient:
+def _smart_app(base: str, tmp_path: Path, **env: str) -> Flask:
     from oncotwin.app import create_app
 
-    base, _ = ehr
     settings = load_settings(
         {
             "ONCOTWIN_DATA_DIR": str(tmp_path / "var"),
             "SMART_CLIENT_ID": "oncotwin-dashboard",
             "SMART_REDIRECT_URI": "http://localhost/dashboard/callback",
             "SMART_ALLOWED_ISSUERS": f"{base}/fhir",
+            **env,
         }
     )
-    return create_app(settings).test_client()
+    return create_app(settings)
+
+
+@pytest.fixture
+def smart_client(ehr: tuple[str, dict[str, Any]], tmp_path: Path) -> FlaskClient:
+    return _smart_app(ehr[0], tmp_path).test_client()
+
+
+def _launch(client: FlaskClient, base: str, launch: str = "L-1") -> dict[str, str]:
+    """Start a launch in ``client``'s browser and approve it at the EHR: the callback's query."""
+    import requests
+
+    start = client.get("/dashboard/launch", query_string={"iss": f"{base}/fhir", "launch": launch})
+    assert start.status_code == 302, start.text
+    granted: dict[str, str] = requests.get(start.headers["Location"], timeout=10).json()
+    return granted
 
 
 def test_smart_launch_with_pkce_and_patient_context(
@@ -482,3 +522,173 @@ def test_smart_launch_refuses_an_id_token_for_another_client(
     refused = smart_client.get("/dashboard/callback", query_string=granted)
     assert refused.status_code == 401 and refused.json["resourceType"] == "OperationOutcome"
     assert SESSION_COOKIE not in refused.headers.get("Set-Cookie", "")
+
+
+def test_launch_state_is_bound_to_the_browser_that_started_it(
+    smart_client: FlaskClient, ehr: tuple[str, dict[str, Any]]
+) -> None:
+    """Login CSRF: an attacker's approved launch, replayed in the victim's browser, is refused
+    and neither replaces the victim's session nor uses up the attacker's state."""
+    base, seen = ehr
+    start = smart_client.get("/dashboard/launch", query_string={"iss": f"{base}/fhir", "launch": "L-1"})
+    cookie = next(c for c in start.headers.getlist("Set-Cookie") if c.startswith("ot_launch="))
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/dashboard" in cookie
+    import requests
+
+    victim = requests.get(start.headers["Location"], timeout=10).json()
+    assert smart_client.get("/dashboard/callback", query_string=victim).status_code == 200
+    session = smart_client.get_cookie(SESSION_COOKIE, path="/dashboard")
+    assert session is not None
+    assert smart_client.get_cookie("ot_launch", path="/dashboard") is None  # deleted at the callback
+    attacker = smart_client.application.test_client()
+    forged = _launch(attacker, base, "L-evil")
+    refused = smart_client.get("/dashboard/callback", query_string=forged)
+    assert refused.status_code == 401 and refused.json["resourceType"] == "OperationOutcome"
+    assert SESSION_COOKIE not in refused.headers.get("Set-Cookie", "")
+    assert smart_client.get_cookie(SESSION_COOKIE, path="/dashboard").value == session.value
+    assert smart_client.get("/dashboard/api/patients/s-p1").status_code == 200
+    assert seen["token_requests"] == 1  # the forged code was never traded
+    assert attacker.get("/dashboard/callback", query_string=forged).status_code == 200  # state not taken
+
+
+def test_smart_session_without_a_launch_patient_reads_only_its_ehr(
+    ehr: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    from services.dashboard.patients import opaque_id
+
+    base, seen = ehr
+    folder = tmp_path / "patients"
+    folder.mkdir()
+    bundle = folder / "local.json"
+    local = {"resourceType": "Patient", "id": "local-1", "name": [{"text": "Lou Local"}]}
+    bundle.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": local}]}))
+    seen["no_patient"] = True
+    client = _smart_app(base, tmp_path, PATIENT_DATA_DIR=str(folder)).test_client()
+    assert client.get("/dashboard/callback", query_string=_launch(client, base)).status_code == 200
+    refused = client.get(f"/dashboard/api/patients/{opaque_id(bundle, 'local-1')}")
+    assert refused.status_code == 403 and refused.json["resourceType"] == "OperationOutcome"
+    assert client.get("/dashboard/api/patients/s-p1").status_code == 200
+
+
+@pytest.mark.parametrize("endpoint", ["other-host", "redirect"])
+def test_smart_server_side_calls_stay_on_the_issuers_host(
+    ehr: tuple[str, dict[str, Any]], tmp_path: Path, endpoint: str
+) -> None:
+    base, seen = ehr
+    port = urlsplit(base).port
+    seen["token_endpoint"] = f"http://localhost:{port}/token" if endpoint == "other-host" else f"{base}/token-moved"
+    client = _smart_app(base, tmp_path).test_client()
+    start = client.get("/dashboard/launch", query_string={"iss": f"{base}/fhir", "launch": "L-1"})
+    if endpoint == "other-host":  # refused at discovery: the token call would go to another host
+        assert start.status_code == 502 and start.json["resourceType"] == "OperationOutcome"
+        return
+    import requests
+
+    granted = requests.get(start.headers["Location"], timeout=10).json()
+    done = client.get("/dashboard/callback", query_string=granted)
+    assert done.status_code == 502 and "token_requests" not in seen  # the 307 was not followed
+
+
+def test_plain_http_endpoints_only_for_a_loopback_issuer() -> None:
+    from services.dashboard.smart import _safe_endpoint
+
+    assert _safe_endpoint("http://127.0.0.1:9/token", "http://127.0.0.1:9/fhir", same_host=True)
+    with pytest.raises(UpstreamError):
+        _safe_endpoint("http://127.0.0.1:9/token", "https://ehr.example.org/fhir")
+    with pytest.raises(UpstreamError):
+        _safe_endpoint("https://metadata.internal/token", "https://ehr.example.org/fhir", same_host=True)
+    assert _safe_endpoint("https://login.example.org/authorize", "https://ehr.example.org/fhir")
+
+
+def test_id_token_whose_alg_matches_no_key_type_is_a_401(
+    smart_client: FlaskClient, ehr: tuple[str, dict[str, Any]]
+) -> None:
+    base, seen = ehr
+    seen["rsa_id_token"] = True
+    refused = smart_client.get("/dashboard/callback", query_string=_launch(smart_client, base))
+    assert refused.status_code == 401 and refused.json["resourceType"] == "OperationOutcome"
+
+
+def test_launch_states_are_bounded_and_discovery_is_cached(
+    smart_client: FlaskClient, ehr: tuple[str, dict[str, Any]]
+) -> None:
+    from services.dashboard.smart import MAX_PENDING
+
+    base, _ = ehr
+    smart = smart_client.application.extensions[EXT].smart
+    assert smart._pending._max == MAX_PENDING
+    calls = []
+    original = smart._json
+    smart._json = lambda method, url, data=None: calls.append(url) or original(method, url, data)
+    for n in range(3):
+        assert (
+            smart_client.get("/dashboard/launch", query_string={"iss": f"{base}/fhir", "launch": f"L{n}"}).status_code
+            == 302
+        )
+    assert calls == [f"{base}/fhir/.well-known/smart-configuration"]
+
+
+def test_ehr_page_is_computed_once_for_its_source_clicks(
+    smart_client: FlaskClient, ehr: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import services.dashboard.app as dashboard_app
+
+    base, _ = ehr
+    assert smart_client.get("/dashboard/callback", query_string=_launch(smart_client, base)).status_code == 200
+    computed = []
+    original = dashboard_app.patient_page
+    monkeypatch.setattr(dashboard_app, "patient_page", lambda *a: computed.append(1) or original(*a))
+    page = smart_client.get("/dashboard/api/patients/s-p1").json
+    ref = next(e["source"] for e in page["timeline"]["events"] if e.get("source"))
+    for _ in range(3):
+        assert smart_client.get("/dashboard/api/patients/s-p1/source", query_string={"ref": ref}).status_code == 200
+    assert len(computed) == 1
+
+
+def test_judge_is_built_once(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    import services.medical_necessity.app as necessity_app
+    from services.dashboard.app import _judge
+
+    built = []
+    original = necessity_app.judge_from_env
+    monkeypatch.setattr(necessity_app, "judge_from_env", lambda env: built.append(1) or original(env))
+    app.extensions.pop(necessity_app.JUDGE, None)
+    with app.app_context():
+        assert _judge() is _judge() is _judge()
+    assert len(built) == 1
+
+
+def test_ingesting_one_input_does_not_block_other_patients(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import services.dashboard.patients as patients_module
+
+    for name in ("big", "small"):
+        patient = {"resourceType": "Patient", "id": name, "name": [{"text": name.title()}]}
+        bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": patient}]}
+        (tmp_path / f"{name}.json").write_text(json.dumps(bundle))
+    source = FolderSource(tmp_path)
+    ids = {e.fhir_id: e.id for e in source.entries().values()}
+    source.load(ids["small"])  # cached
+    started, release = threading.Event(), threading.Event()
+    original = patients_module.ingest
+
+    def slow_ingest(raws: Any, strict: bool = True) -> Any:
+        started.set()
+        release.wait(10)
+        return original(raws, strict=strict)
+
+    monkeypatch.setattr(patients_module, "ingest", slow_ingest)
+    big = threading.Thread(target=source.load, args=(ids["big"],))
+    big.start()
+    try:
+        assert started.wait(10)
+        done: list[Any] = []
+        small = threading.Thread(target=lambda: done.append(source.load(ids["small"])))
+        small.start()
+        small.join(2)
+        assert done, "a cached patient waited for another input's ingest"
+    finally:
+        release.set()
+        big.join(10)
+    assert source.load(ids["big"]).entry.name == "Big"

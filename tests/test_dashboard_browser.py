@@ -164,6 +164,23 @@ def test_timeline_keyboard_and_zoom(page: Any, site: dict[str, str]) -> None:
     assert before != after_zoom != page.inner_text("#range")
 
 
+def test_timeline_keeps_a_tab_stop_in_view_after_panning(page: Any, site: dict[str, str]) -> None:
+    open_patient(page, site, "sherman")
+    for act in ("zoom-in", "zoom-in", "pan-right", "pan-right", "pan-right", "pan-right"):
+        page.click(f'[data-act="{act}"]')
+    assert page.locator("svg.tl [data-id]").count() >= 1
+    page.focus('[data-act="cancer"]')
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.closest('svg.tl') && document.activeElement.dataset.id")
+    assert focused, "Tab did not reach an item of the timeline"
+    assert page.locator('svg.tl [tabindex="0"]').count() == 1
+    # A redraw from the wheel keeps the focus on the timeline (not on <body>).
+    box = page.locator("svg.tl").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, 300)
+    page.wait_for_function("document.activeElement && document.activeElement.closest('svg.tl') !== null")
+
+
 def test_order_necessity_evidence(page: Any, site: dict[str, str]) -> None:
     open_patient(page, site, "sherman")
     orders = page.locator("#necessity-body article.order")
@@ -188,6 +205,7 @@ def test_pathway_view_highlights_the_patient(page: Any, site: dict[str, str]) ->
     open_patient(page, site, "sherman")
     page.locator(".pathway-link").last.click()
     page.wait_for_selector("body[data-ready=true]")
+    assert re.search(r"/pathways/[0-9]+$", page.url) and "sclc" not in page.url  # no diagnosis in the URL
     assert "Small cell lung cancer" in page.inner_text("#pathway-title")
     assert page.locator("svg.pw .node.position").count() >= 1
     assert page.locator("svg.pw .edge.on-path").count() >= 1

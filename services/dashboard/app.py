@@ -9,6 +9,7 @@ in POST bodies (search).
 
 from __future__ import annotations
 
+import hmac
 import os
 import re
 import threading
@@ -47,13 +48,13 @@ from services.dashboard.patients import (
 )
 from services.dashboard.payload import pathway_view, patient_page, source_view
 from services.dashboard.sessions import Session, SessionStore
-from services.dashboard.smart import SmartLauncher
+from services.dashboard.smart import MAX_PENDING, PENDING_TTL_S, SmartLauncher
 from services.medical_necessity.judge import Judge
 from services.web import pathway_queries
 from shared.access_log import log_access
 from shared.auth import Principal, TokenVerifier
 from shared.config import Settings
-from shared.errors import Forbidden, InvalidInput, OncoTwinError, Unauthorized
+from shared.errors import Forbidden, InvalidInput, NotFound, OncoTwinError, Unauthorized
 from shared.fhir.server import FhirServerClient
 from shared.http import authenticates_itself, make_app, settings
 from shared.ttl_store import ttl_store
@@ -62,6 +63,9 @@ HERE = Path(__file__).parent
 blueprint = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates")
 SESSION_COOKIE = "ot_session"
 SIGNIN_COOKIE = "ot_signin"  # double-submit CSRF token of the sign-in form (no session yet)
+LAUNCH_COOKIE = "ot_launch"  # binds a SMART launch state to the browser that started it
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+SERVER_PAGE_TTL_S = 60.0
 REQUIRED_SCOPE = "history.read"
 SMART_SCOPES = frozenset({"history.read", "navigation.read", "necessity.read"})
 PAGE_CACHE = 32
@@ -77,7 +81,7 @@ OPEN_ENDPOINTS = {
     "dashboard.asset",
 }
 EXT = "oncotwin.dashboard"
-NEXT_PAGE = re.compile(r"/dashboard/patients(?:/[A-Za-z0-9\-.]{1,67}(?:/pathways/[A-Za-z0-9\-.@]{1,80})?)?")
+NEXT_PAGE = re.compile(r"/dashboard/patients(?:/[A-Za-z0-9\-.]{1,67}(?:/pathways/[0-9]{1,3})?)?")
 
 
 class Dashboard:
@@ -87,10 +91,12 @@ class Dashboard:
         self.sessions = SessionStore(ttl_store(app_settings, "oncotwin:dashboard:session:"))
         root = app_settings.patient_data_dir or app_settings.data_dir / "patients"
         self.folder = FolderSource(root, app_settings.dashboard_cache_inputs)
-        launches = ttl_store(app_settings, "oncotwin:dashboard:smart:")
+        launches = ttl_store(app_settings, "oncotwin:dashboard:smart:", MAX_PENDING)
         self.smart = SmartLauncher(app_settings, pending=launches) if app_settings.smart_client_id else None
         self.pages: OrderedDict[tuple[str, frozenset[str], str], dict[str, Any]] = OrderedDict()
         self.pages_lock = threading.Lock()
+        # A server's patient per session, briefly: "show the source" clicks must not re-pull the record.
+        self.server_pages: OrderedDict[tuple[str, str], tuple[float, LoadedPatient, dict[str, Any]]] = OrderedDict()
 
 
 def _state() -> Dashboard:
@@ -119,6 +125,11 @@ def _require_session() -> BaseResponse | None:
     if request.endpoint in OPEN_ENDPOINTS:
         return None
     session = _session()
+    if request.endpoint == "dashboard.signout" and (
+        session is None or not session.csrf_ok(request.form.get("csrf") or request.headers.get("X-CSRF-Token"))
+    ):
+        # Expired session or stale form: back to sign-in, never a raw JSON error (nor a forced sign-out).
+        return redirect(url_for("dashboard.signin"), 303)
     if session is None:
         if request.path.startswith("/dashboard/api/") or request.method != "GET":
             raise Unauthorized("sign in to the dashboard first")
@@ -140,15 +151,25 @@ def _headers(response: Response) -> Response:
     return response
 
 
-def _set_cookie(response: BaseResponse, name: str, value: str, max_age: int | None = None) -> None:
+def _secure_cookies() -> bool:
+    """Secure unless the browser talks to this machine over loopback (the embedded default, plain
+    http); ``request.is_secure`` would be False behind a TLS-terminating proxy."""
+    host = (request.host or "").lower()
+    host = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+    return request.is_secure or host not in LOOPBACK_HOSTS
+
+
+def _set_cookie(
+    response: BaseResponse, name: str, value: str, max_age: int | None = None, samesite: str = "Strict"
+) -> None:
     response.set_cookie(
         name,
         value,
         max_age=max_age,
         path="/dashboard",
         httponly=True,
-        samesite="Strict",
-        secure=request.is_secure,
+        samesite=samesite,
+        secure=_secure_cookies(),
     )
 
 
@@ -196,8 +217,6 @@ def signin() -> Response:
 @blueprint.post("/signin")
 @_open
 def signin_post() -> BaseResponse:
-    import hmac
-
     presented, expected = request.form.get("csrf", ""), request.cookies.get(SIGNIN_COOKIE, "")
     if not presented or not expected or not hmac.compare_digest(presented, expected):
         return _signin_page("The sign-in form expired; please try again.", 403)
@@ -237,7 +256,11 @@ def launch() -> BaseResponse:
     smart = _state().smart
     if smart is None:
         raise InvalidInput("SMART launch is not configured (SMART_CLIENT_ID)", issue_code="not-supported")
-    return redirect(smart.start(request.args.get("iss"), request.args.get("launch")), 302)
+    target, state = smart.start(request.args.get("iss"), request.args.get("launch"))
+    response = redirect(target, 302)
+    # Lax: a Strict cookie is not sent on the EHR's cross-site redirect back to the callback.
+    _set_cookie(response, LAUNCH_COOKIE, state, max_age=int(PENDING_TTL_S), samesite="Lax")
+    return response
 
 
 @blueprint.get("/callback")
@@ -246,7 +269,11 @@ def callback() -> Response:
     smart = _state().smart
     if smart is None:
         raise InvalidInput("SMART launch is not configured (SMART_CLIENT_ID)", issue_code="not-supported")
-    launched = smart.finish(request.args.get("code"), request.args.get("state"), request.args.get("error"))
+    state, bound = request.args.get("state") or "", request.cookies.get(LAUNCH_COOKIE) or ""
+    if not state or not bound or not hmac.compare_digest(state.encode(), bound.encode()):
+        # Not the browser that started this launch (login CSRF): the pending state stays untouched.
+        raise Unauthorized("this launch was not started in this browser")
+    launched = smart.finish(request.args.get("code"), state, request.args.get("error"))
     subject = launched.user or f"smart:{launched.iss}"
     principal = Principal(subject=subject, scopes=SMART_SCOPES, client=smart.client_id)
     session = _start_session(
@@ -264,6 +291,7 @@ def callback() -> Response:
     # authorization server on another site started, so a plain 302 would land on the sign-in page.
     response = make_response(render_template("continue.html", target=target))
     _set_cookie(response, SESSION_COOKIE, session.id)
+    response.delete_cookie(LAUNCH_COOKIE, path="/dashboard", secure=_secure_cookies(), httponly=True, samesite="Lax")
     return response
 
 
@@ -305,10 +333,11 @@ def patient(pid: str) -> BaseResponse:
     return _page("patient.html", pid=pid)
 
 
-@blueprint.get("/patients/<pid>/pathways/<key>")
+@blueprint.get("/patients/<pid>/pathways/<int:index>")
 @_open
-def pathway(pid: str, key: str) -> Response:
-    return _page("pathway.html", pid=pid, key=key)
+def pathway(pid: str, index: int) -> Response:
+    # The pathway's place in the patient page's list, not its key: keys name the diagnosis.
+    return _page("pathway.html", pid=pid, index=index)
 
 
 @blueprint.get("/static/<path:filename>")
@@ -333,6 +362,8 @@ def _load(pid: str) -> LoadedPatient:
     session = _current()
     if session.patient is not None and pid != f"s-{session.patient}":
         raise Forbidden("this launch is limited to the patient in context")
+    if session.fhir_base and not pid.startswith("s-"):
+        raise Forbidden("a SMART launch reads patients of its EHR only")
     server = _server_source(session)
     if pid.startswith("s-") and server is not None:
         return server.load(pid)
@@ -342,15 +373,17 @@ def _load(pid: str) -> LoadedPatient:
 def _judge() -> Judge:
     from services.medical_necessity.app import JUDGE, judge_from_env
 
-    judge: Judge = current_app.extensions.setdefault(JUDGE, judge_from_env(os.environ))
+    judge: Judge | None = current_app.extensions.get(JUDGE)
+    if judge is None:
+        judge = current_app.extensions.setdefault(JUDGE, judge_from_env(os.environ))
     return judge
 
 
 def _page_data(pid: str) -> tuple[LoadedPatient, dict[str, Any]]:
     session = _current()
+    if pid.startswith("s-"):  # a server's patient: fresh within a minute, never shared between sessions
+        return _server_page(session, pid)
     loaded = _load(pid)
-    if pid.startswith("s-"):  # a server's patient: always fresh, never shared between sessions
-        return loaded, patient_page(loaded, pathway_queries(), _judge(), session.principal.scopes)
     key = (pid, session.principal.scopes, date.today().isoformat())
     state = _state()
     with state.pages_lock:
@@ -361,6 +394,23 @@ def _page_data(pid: str) -> tuple[LoadedPatient, dict[str, Any]]:
             state.pages[key] = page
             while len(state.pages) > PAGE_CACHE:
                 state.pages.popitem(last=False)
+    return loaded, page
+
+
+def _server_page(session: Session, pid: str) -> tuple[LoadedPatient, dict[str, Any]]:
+    state, key, now = _state(), (session.id, pid), time.monotonic()
+    with state.pages_lock:
+        hit = state.server_pages.get(key)
+        for stale in [k for k, v in state.server_pages.items() if now - v[0] > SERVER_PAGE_TTL_S]:
+            del state.server_pages[stale]
+    if hit is not None and now - hit[0] <= SERVER_PAGE_TTL_S:
+        return hit[1], hit[2]
+    loaded = _load(pid)
+    page = patient_page(loaded, pathway_queries(), _judge(), session.principal.scopes)
+    with state.pages_lock:
+        state.server_pages[key] = (now, loaded, page)
+        while len(state.server_pages) > PAGE_CACHE:
+            state.server_pages.popitem(last=False)
     return loaded, page
 
 
@@ -406,12 +456,15 @@ def api_source(pid: str) -> Response:
     return jsonify(view)
 
 
-@blueprint.get("/api/patients/<pid>/pathways/<key>")
+@blueprint.get("/api/patients/<pid>/pathways/<int:index>")
 @_open
-def api_pathway(pid: str, key: str) -> Response:
+def api_pathway(pid: str, index: int) -> Response:
     if "navigation.read" not in _current().principal.scopes:
         raise Forbidden("scope 'navigation.read' required")
-    view = pathway_view(pathway_queries(), _load(pid), key)
+    loaded, page = _page_data(pid)
+    if index >= len(page["pathways"]):
+        raise NotFound("that pathway does not apply to this patient")
+    view = pathway_view(pathway_queries(), loaded, page["pathways"][index]["key"])
     log_access(_current().principal, "dashboard.pathway", pid, "ok", g.request_id)
     return jsonify(view)
 

@@ -147,7 +147,8 @@ class FolderSource:
         self.root = root
         self.cache_inputs = cache_inputs
         self._lock = threading.Lock()  # the patient list
-        self._load_lock = threading.Lock()  # ingestion (seconds for a big export; the list stays usable)
+        self._cache_lock = threading.Lock()  # the cache of ingested inputs (held briefly)
+        self._input_locks: dict[Path, threading.Lock] = {}  # one per input: ingesting one blocks no other
         self._entries: dict[str, PatientEntry] | None = None
         self._loaded: OrderedDict[Path, LoadedInput] = OrderedDict()
 
@@ -182,13 +183,25 @@ class FolderSource:
         record = loaded.result.record(entry.fhir_id)
         return LoadedPatient(entry, record, loaded.resources, loaded.notes)
 
-    def _load_input(self, input_path: Path) -> LoadedInput:
-        with self._load_lock:
+    def _cached(self, input_path: Path) -> LoadedInput | None:
+        with self._cache_lock:
             cached = self._loaded.get(input_path)
             if cached is not None:
                 self._loaded.move_to_end(input_path)
+            return cached
+
+    def _load_input(self, input_path: Path) -> LoadedInput:
+        cached = self._cached(input_path)
+        if cached is not None:
+            return cached
+        with self._cache_lock:
+            input_lock = self._input_locks.setdefault(input_path, threading.Lock())
+        # Ingest under this input's lock: two requests for one big input must not ingest it twice,
+        # while requests for other (cached or small) inputs go on.
+        with input_lock:
+            cached = self._cached(input_path)
+            if cached is not None:
                 return cached
-            # Ingest under the lock: two requests for one big input must not ingest it twice.
             raws: list[RawResource] = list(read_path(input_path))
             index = ReferenceIndex()
             for raw in raws:
@@ -196,9 +209,10 @@ class FolderSource:
             result = ingest(raws, strict=False)
             loaded = LoadedInput(result, {k: r.resource for k, r in index.by_key.items()})
             loaded.notes = {n.source: n for rec in result.records for n in rec.notes}
-            self._loaded[input_path] = loaded
-            while len(self._loaded) > self.cache_inputs:
-                self._loaded.popitem(last=False)
+            with self._cache_lock:
+                self._loaded[input_path] = loaded
+                while len(self._loaded) > self.cache_inputs:
+                    self._loaded.popitem(last=False)
             return loaded
 
 

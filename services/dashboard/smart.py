@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -31,6 +32,8 @@ MAX_PENDING = 1000
 ID_TOKEN_ALGORITHMS = ("RS256", "ES256")
 MAX_RESPONSE_BYTES = 256 * 1024
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+DISCOVERY_TTL_S = 300.0
+KEY_TYPES = {"RS": "RSA", "ES": "EC"}  # alg family -> JWK kty
 
 
 def _b64url(data: bytes) -> str:
@@ -41,16 +44,23 @@ def pkce_challenge(verifier: str) -> str:
     return _b64url(hashlib.sha256(verifier.encode("ascii")).digest())
 
 
-def _safe_endpoint(url: Any) -> str:
-    """Endpoints must be https (http only on this machine, for tests and sidecars)."""
+def _is_loopback_http(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "http" and (parts.hostname or "") in LOOPBACK
+
+
+def _safe_endpoint(url: Any, iss: str, same_host: bool = False) -> str:
+    """Endpoints must be https; plain http only when the configured issuer itself is loopback http
+    (tests, sidecars). With ``same_host`` the endpoint must be on the issuer's host (no SSRF through
+    a discovery document that points our server-side calls elsewhere)."""
     if not isinstance(url, str):
         raise UpstreamError("SMART configuration lacks an endpoint")
     parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return url
-    if parts.scheme == "http" and (parts.hostname or "") in LOOPBACK:
-        return url
-    raise UpstreamError("SMART configuration names an endpoint that is not https")
+    if not parts.hostname or not (parts.scheme == "https" or (_is_loopback_http(url) and _is_loopback_http(iss))):
+        raise UpstreamError("SMART configuration names an endpoint that is not https")
+    if same_host and parts.hostname.lower() != (urlsplit(iss).hostname or "").lower():
+        raise UpstreamError("SMART configuration names an endpoint on another host than the issuer")
+    return url
 
 
 @dataclass(frozen=True)
@@ -92,23 +102,35 @@ class SmartLauncher:
         self._clock = clock
         # Launch states, single-use: Redis when configured, so the callback may reach any replica.
         self._pending = pending if pending is not None else MemoryTtlStore(MAX_PENDING)
+        self._discovery: dict[str, tuple[float, dict[str, Any]]] = {}  # per issuer, a few minutes
+        self._discovery_lock = threading.Lock()
 
-    def start(self, iss: str | None, launch: str | None) -> str:
-        """The authorization URL to send the browser to."""
+    def _configuration(self, iss: str) -> dict[str, Any]:
+        with self._discovery_lock:
+            cached = self._discovery.get(iss)
+        if cached is not None and self._clock() - cached[0] < DISCOVERY_TTL_S:
+            return cached[1]
+        config = self._json("GET", f"{iss}/.well-known/smart-configuration")
+        with self._discovery_lock:
+            self._discovery[iss] = (self._clock(), config)
+        return config
+
+    def start(self, iss: str | None, launch: str | None) -> tuple[str, str]:
+        """The authorization URL to send the browser to, and the state (to bind to that browser)."""
         if not iss or not launch or len(launch) > 2048:
             raise InvalidInput("an EHR launch needs the launch and iss parameters", issue_code="required")
         iss = iss.rstrip("/")
         if iss not in self.issuers:
             raise Forbidden("iss is not an allowed FHIR server for SMART launch")
-        config = self._json("GET", f"{iss}/.well-known/smart-configuration")
-        authorize = _safe_endpoint(config.get("authorization_endpoint"))
-        token = _safe_endpoint(config.get("token_endpoint"))
+        config = self._configuration(iss)
+        authorize = _safe_endpoint(config.get("authorization_endpoint"), iss)
+        token = _safe_endpoint(config.get("token_endpoint"), iss, same_host=True)
         methods = config.get("code_challenge_methods_supported")
         if isinstance(methods, list) and "S256" not in methods:
             raise UpstreamError("the authorization server does not support PKCE S256")
+        jwks = _safe_endpoint(config["jwks_uri"], iss, same_host=True) if config.get("jwks_uri") else None
         state = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(64)
-        jwks = _safe_endpoint(config["jwks_uri"]) if config.get("jwks_uri") else None
         issuer = config.get("issuer") if isinstance(config.get("issuer"), str) else None
         self._pending.put(state, asdict(Pending(iss, verifier, token, self._clock(), jwks, issuer)), PENDING_TTL_S)
         query = {
@@ -122,7 +144,7 @@ class SmartLauncher:
             "code_challenge": pkce_challenge(verifier),
             "code_challenge_method": "S256",
         }
-        return f"{authorize}{'&' if '?' in authorize else '?'}{urlencode(query)}"
+        return f"{authorize}{'&' if '?' in authorize else '?'}{urlencode(query)}", state
 
     def finish(self, code: str | None, state: str | None, error: str | None = None) -> Launched:
         """Trade the code for a token; the state is single-use and must be one we issued."""
@@ -161,18 +183,22 @@ class SmartLauncher:
         if not isinstance(id_token, str) or pending.jwks_uri is None:
             return None
         try:
+            header = jwt.get_unverified_header(id_token)
+            alg, kid = header.get("alg"), header.get("kid")
+            if alg not in ID_TOKEN_ALGORITHMS:
+                raise ValueError("id_token algorithm not allowed")
+            kty = KEY_TYPES[alg[:2]]
             keys = jwt.PyJWKSet.from_dict(self._json("GET", pending.jwks_uri))
-            kid = jwt.get_unverified_header(id_token).get("kid")
-            key = next(k for k in keys.keys if kid is None or k.key_id == kid)
+            key = next(k for k in keys.keys if k.key_type == kty and (kid is None or k.key_id == kid))
             claims = jwt.decode(
                 id_token,
                 key.key,
-                algorithms=list(ID_TOKEN_ALGORITHMS),
+                algorithms=[alg],
                 audience=self.client_id,
                 issuer=pending.issuer or pending.iss,
                 options={"require": ["exp", "iat", "sub"]},
             )
-        except (jwt.PyJWTError, StopIteration, ValueError):
+        except (jwt.PyJWTError, StopIteration, ValueError, TypeError, KeyError):
             raise Unauthorized("the EHR's id_token could not be verified") from None
         user = claims.get("fhirUser") or claims.get("sub")
         return str(user)[:256] if user else None
@@ -180,7 +206,13 @@ class SmartLauncher:
     def _json(self, method: str, url: str, data: dict[str, str] | None = None) -> dict[str, Any]:
         try:
             response = self._http.request(
-                method, url, data=data, timeout=self.timeout_s, headers={"Accept": "application/json"}, stream=True
+                method,
+                url,
+                data=data,
+                timeout=self.timeout_s,
+                headers={"Accept": "application/json"},
+                stream=True,
+                allow_redirects=False,  # a redirect could send our server-side call anywhere
             )
             content = response.raw.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
         except requests.RequestException:

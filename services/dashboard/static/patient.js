@@ -126,11 +126,11 @@
       body.replaceChildren(el("p", { text: "No care pathway applies to this record." }));
       return show("navigation");
     }
-    const blocks = nav.pathways.map((p) => {
-      const key = `${p.id}@${p.version}`;
+    // Pathways are linked by their place in the list: a key like "pdq-nsclc@v" names the diagnosis.
+    const blocks = nav.pathways.map((p, index) => {
       return el("article", { class: "pathway", "aria-label": p.title },
         el("h3", { text: `${p.title} (${p.status})` }),
-        el("p", {}, el("a", { href: `${app.dataset.pathwayBase}${encodeURIComponent(key)}`, class: "pathway-link", text: "Show the pathway graph with this patient's path" })),
+        el("p", {}, el("a", { href: `${app.dataset.pathwayBase}${index}`, class: "pathway-link", text: "Show the pathway graph with this patient's path" })),
         el("h4", { text: "Where the patient is" }),
         el("ul", {}, p.position.map((pos) => el("li", {}, el("strong", { text: pos.step.title }), ` (${pos.status}${pos.inferred ? ", inferred" : ""}${pos.since ? `, since ${date(pos.since)}` : ""})`, evidenceList(pos.facts)))),
         el("h4", { text: "Next steps" }),

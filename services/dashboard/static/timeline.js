@@ -83,6 +83,19 @@ const Timeline = (() => {
     }
 
     function draw() {
+      // Keep focus on the timeline across redraws (drag, wheel, buttons re-create its nodes).
+      const hadFocus = svg.contains(document.activeElement);
+      // The one tab stop must stay in view: after pan/zoom, the nearest item in view takes over.
+      if (active && !inView(active)) {
+        const mid = (active.t + active.end) / 2;
+        const distance = (item) => Math.abs((item.t + item.end) / 2 - mid);
+        const visible = items.filter(inView);
+        if (visible.length) active = visible.reduce((best, c) => (distance(c) < distance(best) ? c : best));
+      }
+      const anyInView = active !== null && inView(active);
+      // Nothing in view: the timeline itself is the tab stop (arrow keys bring an item back into view).
+      if (anyInView) svg.removeAttribute("tabindex");
+      else svg.setAttribute("tabindex", "0");
       width = Math.max(container.clientWidth || 900, 480);
       const height = TOP + used.length * LANE_H + 8;
       svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
@@ -130,6 +143,10 @@ const Timeline = (() => {
         parts.push(node);
       }
       svg.replaceChildren(...parts);
+      if (hadFocus) {
+        const node = anyInView && svg.querySelector(`[data-id="${active.id}"]`);
+        (node || svg).focus();
+      }
       const range = document.getElementById("range");
       if (range) range.textContent = `${date(new Date(view[0]).toISOString().slice(0, 10))} – ${date(
         new Date(view[1]).toISOString().slice(0, 10)
