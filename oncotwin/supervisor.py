@@ -4,17 +4,22 @@
 supervisor starts ``celery worker`` on every queue, restarts it (with a capped backoff) whenever it
 exits, and stops it with the web server. A task the dead worker held is redelivered by the broker
 (late acks) and writers are idempotent, so a crash loses nothing.
+
+It runs as a process of its own (``python -m oncotwin.supervisor``), not as a thread of the
+gunicorn master: the master forks web workers at any moment and reaps any child on SIGCHLD, which
+can leave a thread's ``subprocess.Popen`` waiting forever on a pipe a forked worker inherited.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from shared.celery_app import QUEUES
 
@@ -84,3 +89,42 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The supervisor process: runs until SIGTERM or SIGINT, then stops the worker warm."""
+    parser = argparse.ArgumentParser(prog="python -m oncotwin.supervisor")
+    parser.add_argument("--concurrency", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    done = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: done.set())
+    supervisor = WorkerSupervisor(worker_command(args.concurrency))
+    supervisor.start()
+    done.wait()
+    supervisor.stop()
+    return 0
+
+
+def start_process(concurrency: int) -> subprocess.Popen[bytes]:
+    """The supervisor as a child process (``oncotwin up`` starts it before the web server)."""
+    command = [sys.executable, "-m", "oncotwin.supervisor", "--concurrency", str(concurrency)]
+    return subprocess.Popen(command)  # noqa: S603 - our own interpreter and module
+
+
+def stop_process(process: subprocess.Popen[bytes], owner: int, timeout_s: float = 30.0) -> None:
+    """SIGTERM (the supervisor stops its worker warm), SIGKILL after ``timeout_s``; only from ``owner``
+    (a gunicorn web worker forked from the master inherits this object and must leave it alone)."""
+    if os.getpid() != owner or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

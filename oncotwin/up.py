@@ -7,6 +7,7 @@ a supervised Celery worker process for the asynchronous work (evaluations, audit
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -30,7 +31,7 @@ class _Server(BaseApplication):
 
 def run_embedded(host: str, port: int, workers: int, task_workers: int = 2) -> int:
     from oncotwin.app import create_app
-    from oncotwin.supervisor import WorkerSupervisor, worker_command
+    from oncotwin.supervisor import start_process, stop_process
 
     settings = load_settings()
     app = create_app(settings)
@@ -41,14 +42,13 @@ def run_embedded(host: str, port: int, workers: int, task_workers: int = 2) -> i
         print(f"OncoTwin (embedded) on http://{host}:{port}/  (health: /health)", flush=True)
         print("Bearer token for this machine (8 h; new one: oncotwin token):", flush=True)
         print(token, flush=True)
-    supervisor = WorkerSupervisor(worker_command(task_workers)) if task_workers else None
-    if supervisor:
-        supervisor.start()
+    supervisor = start_process(task_workers) if task_workers else None
+    owner = os.getpid()
     try:
         _run_server(app, host, port, workers)
     finally:
         if supervisor:
-            supervisor.stop()
+            stop_process(supervisor, owner)
     return 0
 
 

@@ -83,14 +83,9 @@ class Embedded:
         return result
 
     def worker_pids(self) -> set[int]:
-        """The Celery worker main process(es): children of the server started with ``-m celery``."""
-        out = subprocess.run(
-            ["ps", "-o", "pid=,args=", "--ppid", str(self.process.pid)],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        return {int(line.split()[0]) for line in out.splitlines() if "celery" in line}
+        """The Celery worker main process(es): children of the supervisor process ``oncotwin up`` started."""
+        supervisors = _children(self.process.pid, "oncotwin.supervisor")
+        return {pid for supervisor in supervisors for pid in _children(supervisor, "celery")}
 
     def stop(self) -> None:
         os.killpg(self.process.pid, signal.SIGTERM)
@@ -99,6 +94,13 @@ class Embedded:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+def _children(parent: int, marker: str) -> set[int]:
+    out = subprocess.run(
+        ["ps", "-o", "pid=,args=", "--ppid", str(parent)], capture_output=True, text=True, check=False
+    ).stdout
+    return {int(line.split()[0]) for line in out.splitlines() if marker in line}
 
 
 @pytest.fixture
