@@ -22,13 +22,11 @@ import importlib.util
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the record builders and the constructed Bundle live with the tests
 
+from bench.pathway_queries import median_ms  # noqa: E402
 from graph.networkx_store import NetworkXPathwayStore  # noqa: E402
 from graph.queries import PathwayQueries  # noqa: E402
 from services.medical_necessity.engine import assess, orders_to_review  # noqa: E402
@@ -65,16 +64,6 @@ class Clinician(FastHttpUser):
     def evaluate(self):
         self.client.post(os.environ["BENCH_PATH"], data=BODY, headers=HEADERS, name="evaluate")
 '''
-
-
-def median_ms(fn: Callable[[], object], runs: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def in_process() -> None:

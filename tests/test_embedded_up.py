@@ -8,43 +8,25 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from tests.celery_support import free_port, wait_until
 from tests.conftest import requires_data, synthea
 
 pytestmark = requires_data
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], Any], deadline_s: float, what: str) -> Any:
-    """Polls ``condition`` until it returns something truthy, or fails after ``deadline_s``."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {deadline_s} s waiting for {what}")
-
-
 class Embedded:
     def __init__(self, tmp: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.log = tmp / "up.log"
         env = {**os.environ, "ONCOTWIN_DATA_DIR": str(tmp / "var")}
         for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL"):
@@ -55,7 +37,7 @@ class Embedded:
                 command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.base = f"http://127.0.0.1:{self.port}"
-        wait_for(self._healthy, 60, "the embedded server")
+        wait_until(self._healthy, 60, "the embedded server")
         lines = self.log.read_text().splitlines()
         self.token = lines[lines.index(next(x for x in lines if x.startswith("Bearer token"))) + 1].strip()
 
@@ -79,7 +61,7 @@ class Embedded:
             view: dict[str, Any] = requests.get(url, headers=self.headers(), timeout=10).json()
             return view if view["status"] in ("done", "failed") else None
 
-        result: dict[str, Any] = wait_for(finished, 90, "the evaluation")
+        result: dict[str, Any] = wait_until(finished, 90, "the evaluation")
         return result
 
     def worker_pids(self) -> set[int]:
@@ -118,9 +100,9 @@ def test_up_runs_an_evaluation_on_its_worker_and_survives_the_worker_being_kille
     assert first["status"] == "done"
     assert [c["cancerType"] for c in first["result"]["history"]["cancers"]] == ["nsclc"]
 
-    (old,) = wait_for(embedded.worker_pids, 30, "the worker process")
+    (old,) = wait_until(embedded.worker_pids, 30, "the worker process")
     os.kill(old, signal.SIGKILL)
-    new = wait_for(lambda: embedded.worker_pids() - {old}, 60, "the supervisor to restart the worker")
+    new = wait_until(lambda: embedded.worker_pids() - {old}, 60, "the supervisor to restart the worker")
     assert old not in new
 
     second = embedded.evaluate(body)

@@ -7,13 +7,12 @@ import json
 import logging
 
 import pytest
-from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 
 from services.guidance import CARE_GAP_SYSTEM, STEP_SYSTEM
 from tests.conftest import requires_data, synthea
 from tests.test_history_api import assert_outcome
-from tests.test_necessity_api import egfr_bundle
+from tests.test_necessity_api import egfr_bundle, resolve, resources, validated
 
 FHIR = {"Content-Type": "application/fhir+json"}
 URL = "/navigation/v1/evaluate"
@@ -28,27 +27,6 @@ def nav(mint):
 def post(client, headers, body, query=""):
     data = body if isinstance(body, bytes) else json.dumps(body)
     return client.post(f"{URL}{query}", data=data, headers=headers | FHIR)
-
-
-def validated(response):
-    """The FHIR Bundle of a response, after validating it (and each resource) with the R4B models."""
-    assert response.status_code == 200, response.get_data(as_text=True)[:500]
-    assert response.mimetype == "application/fhir+json"
-    body = response.get_json()
-    Bundle.model_validate(body)
-    for entry in body.get("entry", []):
-        get_fhir_model_class(entry["resource"]["resourceType"]).model_validate(entry["resource"])
-    assert body["type"] == "collection"
-    return body
-
-
-def resources(bundle, kind):
-    return [e["resource"] for e in bundle.get("entry", []) if e["resource"]["resourceType"] == kind]
-
-
-def resolve(bundle, reference):
-    (found,) = [e["resource"] for e in bundle["entry"] if e["fullUrl"] == reference["reference"]]
-    return found
 
 
 @requires_data

@@ -89,6 +89,7 @@ def post(client, headers, body, query=""):
 
 
 def validated(response):
+    """The FHIR Bundle of a response, after validating it (and each resource) with the R4B models."""
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
     assert response.mimetype == "application/fhir+json"
     body = response.get_json()
