@@ -45,7 +45,7 @@ def _store() -> EvaluationStore:
 
 
 def _bundle() -> bytes:
-    if not request.content_length:
+    if not request.content_length and "chunked" not in request.headers.get("Transfer-Encoding", ""):
         return b""  # no body: the patient is pulled from the FHIR server
     body = fhir_body()
     try:
