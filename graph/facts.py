@@ -166,7 +166,8 @@ class PatientFacts:
 
     @cached_property
     def stages(self) -> list[StageAssessment]:
-        return [s for s in self.cancer.stages if self._current(s.date)]
+        """AJCC (TNM) staging only: a Rai or FIGO stage never answers a TNM stage question."""
+        return [s for s in self.cancer.stages if s.system == "AJCC" and self._current(s.date)]
 
     @cached_property
     def biomarkers(self) -> dict[str, list[BiomarkerResult]]:

@@ -35,6 +35,7 @@ from graph.plandefinition import BASE
 from services.care_navigation.contract import GapOut, NavigationOut, NextStepOut, PathwayOut
 from services.medical_necessity.contract import CriterionOut, DeterminationOut, NecessityOut
 from shared.errors import InvalidInput
+from shared.fhir.record import Code
 from shared.terminology import terminology
 
 JSON = dict[str, Any]
@@ -47,7 +48,6 @@ CRITERION_SYSTEM = f"{BASE}/CodeSystem/criterion-fact"
 MODULE_SYSTEM = f"{BASE}/CodeSystem/oncotwin-module"
 REQUEST_ID_SYSTEM = f"{BASE}/request-id"
 ACTION_TYPE = "http://terminology.hl7.org/CodeSystem/action-type"
-LOINC = "http://loinc.org"
 # Care-gap kind -> RequestGroup.action.priority (request-priority: routine | urgent | asap | stat).
 GAP_PRIORITY = {"overdue": "urgent", "missing-prerequisite": "urgent", "missing-information": "routine"}
 DETERMINATION_TITLE = {
@@ -388,22 +388,22 @@ def _data_requirement(fact: str | None, label: str) -> JSON | None:
     if fact is None:
         return None
     terms = terminology()
-    codes: list[str] = []
+    codes: list[Code] = []
     if fact == "biomarker":
         name = terms.biomarker_from_text(label)
-        codes = [c for c, n in terms.biomarkers_loinc.items() if n == name] if name else []
+        codes = terms.observation_codes("biomarker", name=name) if name else []
         if name and name in terms.genes_hgnc.values():
-            codes += sorted(terms.genetic_panels)  # gene results also come as variant panels
+            codes += terms.observation_codes("variant")  # gene results come as variant observations
     elif fact == "stage":
-        codes = [c for c, part in terms.staging.items() if part["part"] == "group"]
+        codes = terms.observation_codes("staging", part="group")
     elif fact == "tnm":
-        codes = [c for c, part in terms.staging.items() if part["part"] != "group"]
+        codes = [c for p in ("t", "n", "m") for c in terms.observation_codes("staging", part=p)]
     elif fact == "metastatic":
-        codes = [c for c, part in terms.staging.items() if part["part"] in ("group", "m")]
+        codes = [c for p in ("group", "m") for c in terms.observation_codes("staging", part=p)]
     elif fact == "performance":
-        codes = list(terms.performance)
+        codes = terms.observation_codes("performance")
     elif fact == "disease_status":
-        codes = sorted(terms.disease_status)
+        codes = terms.observation_codes("disease-status")
     resource_type = {
         "cancer": "Condition",
         "age": "Patient",
@@ -414,7 +414,7 @@ def _data_requirement(fact: str | None, label: str) -> JSON | None:
     }.get(fact, "Observation")
     requirement: JSON = {"type": resource_type}
     if codes:
-        requirement["codeFilter"] = [{"path": "code", "code": [{"system": LOINC, "code": c} for c in codes]}]
+        requirement["codeFilter"] = [{"path": "code", "code": [{"system": c.system, "code": c.code} for c in codes]}]
     return requirement
 
 
@@ -507,9 +507,7 @@ def _issue(severity: str, code: str, diagnostics: str) -> JSON:
 
 
 def _sources(citations: Iterable[Any]) -> str:
-    return " ".join(
-        f"[{i}] {c.title} ({c.publisher}), {c.section}: {c.url}." for i, c in enumerate(citations, start=1)
-    )
+    return " ".join(f"[{i}] {c.title} ({c.publisher}), {c.section}: {c.url}." for i, c in enumerate(citations, start=1))
 
 
 def _unique(items: list[JSON]) -> list[JSON]:

@@ -47,12 +47,13 @@ def drain(auditor: Auditor, audit_id: str, work: Work) -> None:
             auditor.evaluate(audit_id, *orders.pop(0).args(audit_id)[1:])
 
 
-def orders_by_engine(paths: list[Path]) -> set[tuple[str, str]]:
-    """(patient, order reference) of every order, from the engine's own choice per ingested record."""
-    found = set()
+def orders_by_engine(paths: list[Path]) -> list[tuple[str, str]]:
+    """(patient, order reference) of every order, from the engine's own choice per ingested record
+    (once per input: the mCODE STU2 and STU3 examples reuse the same patient and order ids)."""
+    found = []
     for path in paths:
         for record in load_path(path).records:
-            found |= {(record.id, o.reference) for o in orders_to_review(record)}
+            found += sorted({(record.id, o.reference) for o in orders_to_review(record)})
     return found
 
 
@@ -91,7 +92,12 @@ def test_the_data_folder_is_one_input_per_bundle_and_one_per_export() -> None:
     refs = enumerate_paths([FHIR])
     files = [r for r in refs if r.startswith(FILE)]
     folders = sorted(Path(r.removeprefix(FOLDER)).name for r in refs if r.startswith(FOLDER))
-    assert len(files) == len(list((FHIR / "synthea").glob("*.json"))) == 8
+    bundles = [
+        p
+        for folder in ("synthea", "mcode-stu2-examples", "mcode-stu3-examples")
+        for p in (FHIR / folder).glob("*.json")
+    ]
+    assert len(files) == len(bundles) >= 8 + 4 + 5  # one input per Bundle file
     assert folders == ["mcode-stu1-examples", "synthea-bulk-10"]  # loose resources and NDJSON read together
 
 
@@ -132,9 +138,10 @@ def test_an_audit_of_all_the_data_has_one_row_per_order(auditor: Auditor) -> Non
     assert all(r.state == store.DONE and r.determination for r in rows)
     status = store.status(auditor.db, audit_id)
     assert status["state"] == store.FINISHED
-    assert status["orders"]["done"] == len(by_engine) == 8
-    assert status["inputs"] == {"total": 10, "pending": 0, "expanded": 10, "error": 0, "cancelled": 0}
-    assert sum(status["determinations"].values()) == 8
+    inputs = len(enumerate_paths([FHIR]))  # 17 Bundle files and 2 folders today
+    assert status["orders"]["done"] == len(by_engine) == len(rows) > 8  # the 8 Synthea orders and mCODE's
+    assert status["inputs"] == {"total": inputs, "pending": 0, "expanded": inputs, "error": 0, "cancelled": 0}
+    assert sum(status["determinations"].values()) == len(rows)
 
 
 def test_redelivered_steps_write_nothing_twice(auditor: Auditor) -> None:

@@ -290,7 +290,8 @@ def test_folder_is_split_into_inputs() -> None:
     assert "synthea-bulk-10" in names and "mcode-stu1-examples" in names  # folders read as one input
     assert sum(1 for p in inputs if p.parent.name == "synthea") == 8  # bundles one by one
     source = FolderSource(FHIR, cache_inputs=1)
-    assert len(source.entries()) == 8 + 13 + 2  # Synthea bundles, the bulk export's Patient file, mCODE
+    # Synthea bundles, the bulk export's Patient file, mCODE STU1 (2), STU2 (4) and STU3 (5) example patients
+    assert len(source.entries()) == 8 + 13 + 2 + 4 + 5
     sherman = next(e for e in source.entries().values() if e.name == "Sherman McGlynn")
     vito = next(e for e in source.entries().values() if e.name == "Vito Feeney")
     first = source.load(sherman.id)

@@ -372,7 +372,7 @@ def test_status_post_is_historical() -> None:
         ("Taxol 175 mg/m2", "paclitaxel", Code(RXNORM, "56946", "paclitaxel")),
         ("nab-paclitaxel weekly", "paclitaxel", Code(RXNORM, "56946", "paclitaxel")),
         ("5-FU infusion", "fluorouracil", Code(RXNORM, "4492", "fluorouracil")),
-        ("lurbinectedin second line", "lurbinectedin", None),
+        ("lurbinectedin second line", "lurbinectedin", Code(RXNORM, "2374729", "lurbinectedin")),
     ],
 )
 def test_medication_synonyms_and_codes(text: str, name: str, code: Code | None) -> None:

@@ -14,6 +14,7 @@ class PatientOut(Contract):
     birth_date: str | None = None
     gender: str | None = None
     deceased: str | None = None
+    is_deceased: bool = False  # also true for deceasedBoolean, which has no date
 
 
 class StageOut(Contract):
@@ -24,6 +25,9 @@ class StageOut(Contract):
     n: str | None = None
     m: str | None = None
     source: str
+    system: str = "AJCC"  # or Rai, Binet, FIGO, ISS...: other staging systems
+    read_from: str | None = None  # the element the value was read from, or how it was derived
+    derived_from: list[str] = Field(default_factory=list)  # for a group computed from T/N/M
 
 
 class BiomarkerOut(Contract):
@@ -33,6 +37,8 @@ class BiomarkerOut(Contract):
     date: str | None
     code: CodeOut
     source: str
+    read_from: str | None = None
+    derived_from: list[str] = Field(default_factory=list)
 
 
 class CancerOut(Contract):

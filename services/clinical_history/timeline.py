@@ -51,7 +51,16 @@ def _text(value: FhirTime | None) -> str | None:
 
 def _stage(stage: StageAssessment) -> StageOut:
     return StageOut(
-        stage=stage.stage, date=_text(stage.date), kind=stage.kind, t=stage.t, n=stage.n, m=stage.m, source=stage.source
+        stage=stage.stage,
+        date=_text(stage.date),
+        kind=stage.kind,
+        t=stage.t,
+        n=stage.n,
+        m=stage.m,
+        source=stage.source,
+        system=stage.system,
+        read_from=stage.element or None,
+        derived_from=list(stage.derived_from),
     )
 
 
@@ -63,12 +72,14 @@ def _biomarker(b: BiomarkerResult) -> BiomarkerOut:
         date=_text(b.date),
         code=_code(b.code) or CodeOut(system="", code="", display=b.name),
         source=b.source,
+        read_from=b.element or None,
+        derived_from=list(b.derived_from),
     )
 
 
 def current_stage(cancer: CancerCondition) -> StageAssessment | None:
     """Latest stage with a group; on the same day pathological beats clinical beats summary."""
-    staged = [s for s in cancer.stages if s.stage]
+    staged = [s for s in cancer.stages if s.stage and s.system == "AJCC"]
     if not staged:
         return None
     return max(staged, key=lambda s: (s.date.day if s.date else None, STAGE_KIND_RANK.get(s.kind, 0)))
@@ -220,7 +231,13 @@ def build_timeline(
     ]
     p = record.patient
     return Timeline(
-        patient=PatientOut(id=p.id, birth_date=_text(p.birth_date), gender=p.gender, deceased=_text(p.deceased)),
+        patient=PatientOut(
+            id=p.id,
+            birth_date=_text(p.birth_date),
+            gender=p.gender,
+            deceased=_text(p.deceased),
+            is_deceased=p.is_deceased,
+        ),
         cancers=[_cancer(c) for c in record.cancers],
         lines_of_therapy=lines,
         events=events,

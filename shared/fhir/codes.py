@@ -4,7 +4,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.fhir.record import Code, FhirTime
+from shared.fhir.record import AJCC, HGNC, ICD10CM, ICDO3, LOINC, NCIT, RXNORM, SNOMED, Code, FhirTime
+
+# Code systems as FHIR data writes them: canonical URLs, older aliases and OIDs (Epic and Cerner
+# exports use OIDs), so a code is recognised whatever spelling of its system it arrives with.
+SYSTEM_ALIASES = {
+    "loinc": LOINC,
+    "urn:oid:2.16.840.1.113883.6.1": LOINC,
+    "snomed": SNOMED,
+    "urn:oid:2.16.840.1.113883.6.96": SNOMED,
+    "rxnorm": RXNORM,
+    "urn:oid:2.16.840.1.113883.6.88": RXNORM,
+    "icd10cm": ICD10CM,
+    "urn:oid:2.16.840.1.113883.6.90": ICD10CM,
+    "http://hl7.org/fhir/sid/icd-10-us": ICD10CM,
+    "icd-o-3": ICDO3,
+    "urn:oid:2.16.840.1.113883.6.43.1": ICDO3,
+    "http://terminology.hl7.org/CodeSystem/icd-o": ICDO3,
+    "ncit": NCIT,
+    "urn:oid:2.16.840.1.113883.3.26.1.1": NCIT,
+    "http://ncimeta.nci.nih.gov": NCIT,
+    "hgnc": HGNC,
+    "http://www.genenames.org/geneId": HGNC,
+    "https://www.genenames.org": HGNC,
+    "https://www.genenames.org/": HGNC,
+    "http://www.genenames.org/": HGNC,
+    "ajcc": AJCC,
+}
+
+
+def canonical_system(system: str) -> str:
+    """The canonical URL of a code system ("urn:oid:2.16.840.1.113883.6.1" -> LOINC); others as given."""
+    if not system:
+        return system
+    return SYSTEM_ALIASES.get(system) or SYSTEM_ALIASES.get(system.rstrip("/")) or system.rstrip("/")
 
 
 def codings(concept: Any) -> list[Code]:
@@ -15,7 +48,7 @@ def codings(concept: Any) -> list[Code]:
     for coding in concept.get("coding") or ():
         system, code = coding.get("system"), coding.get("code")
         if system and code:
-            out.append(Code(system, str(code), coding.get("display")))
+            out.append(Code(canonical_system(str(system)), str(code), coding.get("display")))
         elif code:
             out.append(Code("", str(code), coding.get("display")))
     return out

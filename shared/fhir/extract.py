@@ -12,8 +12,7 @@ import binascii
 import html
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from shared.fhir.codes import (
     all_codings,
@@ -22,96 +21,41 @@ from shared.fhir.codes import (
     extension_value,
     first_concept,
     primary_code,
-    profiles,
     status_code,
     time_of,
 )
+from shared.fhir.context import Context
+from shared.fhir.medications import identify, medication_start
+from shared.fhir.observations import ajcc_text, normalise_stage, read_observation
 from shared.fhir.record import (
-    AJCC,
+    ICD10CM,
+    ICDO3,
     LOINC,
-    RXNORM,
     SNOMED,
-    BiomarkerResult,
     CancerCondition,
     ClinicalNote,
     Code,
     ConditionFact,
     Demographics,
-    DiseaseStatus,
     EncounterEvent,
     FhirTime,
     ImagingEvent,
-    IngestIssue,
     MedicationEvent,
     Order,
     PatientRecord,
-    PerformanceStatus,
     ProcedureEvent,
     ReportEvent,
     StageAssessment,
 )
-from shared.fhir.references import ReferenceIndex
-from shared.terminology import Terminology
 
 MCODE = "/StructureDefinition/mcode-"
 ORDER_STATUSES = {"draft", "active", "on-hold"}
 IMAGING_CATEGORIES = {"RAD", "imaging", "LP29684-5", "18748-4", "CT", "MR", "NMR", "US", "RX"}
 PATHOLOGY_CATEGORIES = {"PAT", "SP", "CP", "GE", "CG", "11526-1", "LP7839-6"}
 _TAGS = re.compile(r"<[^>]+>")
-_ROMAN = {"0": "0", "1": "I", "2": "II", "3": "III", "4": "IV"}
-_STAGE = re.compile(r"^(?:stage\s*)?([0-4]|0is|IV|III|II|I)([A-C]\d?)?$", re.IGNORECASE)
-
-
-def normalise_stage(value: str | None) -> str | None:
-    """'3C', 'Stage IIIC', 'IIIC' -> 'IIIC'; 'limited'/'extensive' pass through; else the text."""
-    if not value:
-        return None
-    text = value.strip()
-    lowered = text.lower()
-    if "extensive" in lowered:
-        return "extensive"
-    if "limited" in lowered:
-        return "limited"
-    match = _STAGE.match(re.sub(r"[\s-]", "", text))
-    if not match:
-        return text
-    group = match.group(1).upper()
-    group = _ROMAN.get(group, group)
-    return group + (match.group(2) or "").upper()
-
-
-@dataclass
-class Context:
-    """What every reader needs: the input's references, the code tables, and the sink for issues."""
-
-    index: ReferenceIndex
-    terms: Terminology
-    issues: list[IngestIssue] = field(default_factory=list)
-    # Facts whose links are resolved after all resources are read.
-    stage_links: dict[str, str] = field(default_factory=dict)  # Observation key -> Condition key
-    members: dict[str, list[str]] = field(default_factory=dict)  # stage group obs -> member obs keys
-
-    def warn(self, key: str, path: str, message: str) -> None:
-        self._issue("warning", key, path, message)
-
-    def error(self, key: str, path: str, message: str) -> None:
-        self._issue("error", key, path, message)
-
-    def _issue(self, severity: Literal["error", "warning"], key: str, path: str, message: str) -> None:
-        rtype, _, rid = key.partition("/")
-        self.issues.append(IngestIssue(severity, rtype, rid, path, message))
-
-    def refs(self, values: Any, key: str, path: str, field_name: str) -> tuple[str, ...]:
-        """Resolve a list of references, warning (not failing) on each one that dangles."""
-        out = []
-        for ref in values or ():
-            target = self.index.resolve(ref)
-            if target:
-                out.append(target)
-            elif isinstance(ref, dict) and isinstance(ref.get("reference"), str):
-                if not ref["reference"].startswith("#"):
-                    self.warn(key, f"{path}.{field_name}", "reference does not resolve within the input")
-        return tuple(out)
+RELATED_PRIMARY = ("mcode-related-primary-cancer-condition", "condition-related")
+RADIOTHERAPY_SESSIONS = "mcode-radiotherapy-sessions"
+RADIOTHERAPY_MODALITY = "mcode-radiotherapy-modality"
 
 
 Reader = Callable[[dict[str, Any], str, str, PatientRecord, Context], None]
@@ -124,45 +68,78 @@ def read_patient(res: dict[str, Any], key: str, path: str, rec: PatientRecord, c
         gender=res.get("gender"),
         deceased=FhirTime.parse(res.get("deceasedDateTime")),
         source=key,
+        deceased_flag=res.get("deceasedBoolean") is True,
     )
 
 
+def _histology(res: dict[str, Any], ctx: Context) -> tuple[Code | None, str | None, str | None]:
+    """(histology code, its group, the element it came from): the mCODE histology extension, an
+    ICD-O-3 morphology coding beside the diagnosis code, else the words of the diagnosis."""
+    terms = ctx.terms
+    ext = extension_value(res, "mcode-histology-morphology-behavior")
+    if isinstance(ext, dict):
+        found = codings(ext)
+        group = terms.histology_group(found, concept_text(ext))
+        return primary_code(ext), group, "Condition.extension[histology-morphology-behavior]"
+    concept = res.get("code")
+    morphology = [c for c in codings(concept) if c.system == ICDO3]
+    if morphology:
+        return morphology[0], terms.histology_group(morphology), "Condition.code.coding[icd-o-3]"
+    group = terms.histology_group([], concept_text(concept))
+    if group is None:
+        group = terms.histology_group([c for c in codings(concept) if c.display], None)
+    return None, group, ("Condition.code.text" if group else None)
+
+
 def read_condition(res: dict[str, Any], key: str, path: str, rec: PatientRecord, ctx: Context) -> None:
+    terms = ctx.terms
     concept = res.get("code")
     found = codings(concept)
     onset, _ = time_of(res, "onsetDateTime", "onsetPeriod", "recordedDate")
     abatement, _ = time_of(res, "abatementDateTime", "abatementPeriod")
     clinical = status_code(res.get("clinicalStatus"))
     verification = status_code(res.get("verificationStatus"))
-    cancer = ctx.terms.cancer(found, concept_text(concept))
-    profile_role = next(
-        (r for p in profiles(res) for r in ("primary", "secondary") if f"{MCODE}{r}-cancer-condition" in p), None
-    )
-    code = primary_code(concept, (SNOMED,)) or Code("", "", "condition without code")
+    cancer = terms.cancer(found, concept_text(concept))
+    code = primary_code(concept, (SNOMED, ICD10CM)) or Code("", "", "condition without code")
     if code.display is None:
-        code = Code(code.system, code.code, ctx.terms.cancer_display(code))
+        code = Code(code.system, code.code, terms.cancer_display(code))
     if verification in {"refuted", "entered-in-error"}:
         rec.conditions.append(ConditionFact(key, code, onset, abatement, clinical, cancer is not None))
         return
     if cancer and cancer.role == "stage":
-        rec.stages.append(StageAssessment(cancer.stage, onset, "condition-code", key, code=code))
+        rec.stages.append(
+            StageAssessment(cancer.stage, onset, "condition-code", key, code=code, element="Condition.code")
+        )
         ctx.stage_links.setdefault(key, f"type:{cancer.cancer_type}")
+        ctx.staged_diagnoses.append(
+            CancerCondition(key, code, cancer.cancer_type, "primary", onset, abatement, clinical, verification)
+        )
         return
-    if (cancer is None and profile_role is None) or (cancer and cancer.role == "suspected"):
+    if cancer is None or cancer.role == "suspected":
+        # A profile alone never makes a cancer: the code or the words must say so.
         rec.conditions.append(ConditionFact(key, code, onset, abatement, clinical, cancer is not None))
         return
-    role = profile_role or (cancer.role if cancer else "primary")
-    histology = extension_value(res, "mcode-histology-morphology-behavior")
-    histology_code = primary_code(histology) if histology else None
-    cancer_type = cancer.cancer_type if cancer else "other"
-    cancer_type = ctx.terms.refine_by_histology(cancer_type, histology_code.display if histology_code else None)
-    related = extension_value(res, "mcode-related-primary-cancer-condition")
+    histology_code, group, histology_from = _histology(res, ctx)
+    cancer_type, type_from = (
+        cancer.cancer_type,
+        "Condition.code.text" if cancer.recognised_by == "text" else "Condition.code",
+    )
     body_site = first_concept(res.get("bodySite"))
+    if cancer_type == "other" and cancer.role == "primary":
+        site_type = terms.cancer_type_from_body_site(codings(body_site)) or (
+            terms.cancer_type_from_text(concept_text(body_site) or "") if body_site else None
+        )
+        if site_type:
+            cancer_type, type_from = site_type, "Condition.bodySite"
+    refined = terms.refine_by_group(cancer_type, group)
+    if refined != cancer_type:
+        cancer_type, type_from = refined, histology_from or type_from
+    related = next((v for suffix in RELATED_PRIMARY if (v := extension_value(res, suffix)) is not None), None)
     item = CancerCondition(
         source=key,
         code=code,
         cancer_type=cancer_type,
-        role="secondary" if role == "secondary" else "primary",
+        role="secondary" if cancer.role == "secondary" else "primary",
         onset=onset,
         abatement=abatement,
         clinical_status=clinical,
@@ -170,22 +147,28 @@ def read_condition(res: dict[str, Any], key: str, path: str, rec: PatientRecord,
         body_site=primary_code(body_site) if body_site else None,
         histology=histology_code,
         related_primary=ctx.index.resolve(related) if related else None,
-        recognised_by=cancer.recognised_by if cancer else "profile",
+        recognised_by=cancer.recognised_by,
+        type_from=type_from,
+        histology_from=histology_from,
     )
     for i, stage in enumerate(res.get("stage") or ()):
-        summary = primary_code(stage.get("summary"), (AJCC, SNOMED))
-        text = concept_text(stage.get("summary")) or (summary.code if summary else None)
-        if summary or text:
-            item.stages.append(
-                StageAssessment(
-                    normalise_stage(summary.code if summary and summary.system == AJCC else text),
-                    onset,
-                    "summary",
-                    f"{key}#stage[{i}]",
-                    code=summary,
-                    cancer_source=key,
+        text, summary = ajcc_text(stage.get("summary"), terms.ajcc_values)
+        if stage.get("summary"):
+            group = normalise_stage(text)
+            if group is None:
+                ctx.warn(key, f"{path}.stage[{i}].summary", "stage summary not recognised; not used")
+            else:
+                item.stages.append(
+                    StageAssessment(
+                        group,
+                        onset,
+                        "summary",
+                        key,
+                        code=summary,
+                        cancer_source=key,
+                        element=f"Condition.stage[{i}].summary",
+                    )
                 )
-            )
         for assessment in stage.get("assessment") or ():
             target = ctx.index.resolve(assessment)
             if target:
@@ -193,127 +176,42 @@ def read_condition(res: dict[str, Any], key: str, path: str, rec: PatientRecord,
     rec.cancers.append(item)
 
 
-def _value_codes(res: dict[str, Any]) -> tuple[list[Code], str | None]:
-    value = res.get("valueCodeableConcept")
-    if value:
-        return codings(value), concept_text(value)
-    for name in ("valueString", "valueBoolean", "valueInteger"):
-        if name in res:
-            return [], str(res[name])
-    interpretation = first_concept(res.get("interpretation"))
-    return codings(interpretation), concept_text(interpretation)
-
-
-def read_observation(res: dict[str, Any], key: str, path: str, rec: PatientRecord, ctx: Context) -> None:
-    concept = res.get("code")
-    found = codings(concept)
-    loinc = next((c.code for c in found if c.system == LOINC), None)
-    when, _ = time_of(res, "effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued")
-    terms = ctx.terms
-    focus = ctx.refs(res.get("focus"), key, path, "focus")
-    if focus:
-        ctx.stage_links.setdefault(key, focus[0])
-    if loinc in terms.staging:
-        part = terms.staging[loinc]
-        value = primary_code(res.get("valueCodeableConcept"))
-        text = (value.code if value and value.system == AJCC else None) or concept_text(res.get("valueCodeableConcept"))
-        assessment = StageAssessment(None, when, part["kind"], key, code=value)
-        if part["part"] == "group":
-            assessment.stage = normalise_stage(text)
-            ctx.members[key] = list(ctx.refs(res.get("hasMember"), key, path, "hasMember"))
-        else:
-            setattr(assessment, part["part"], text)
-        rec.stages.append(assessment)
-        return
-    if loinc in terms.performance:
-        scale = terms.performance[loinc]
-        score = res.get("valueInteger")
-        if score is None:
-            digits = re.search(r"\d+", concept_text(res.get("valueCodeableConcept")) or "")
-            score = int(digits.group(0)) if digits else None
-        if score is None:
-            ctx.warn(key, path, "performance status without a value")
-            return
-        rec.performance.append(PerformanceStatus(scale, int(score), when, key))  # type: ignore[arg-type]
-        return
-    if loinc in terms.disease_status:
-        value = primary_code(res.get("valueCodeableConcept"), (SNOMED,))
-        if value:
-            rec.disease_status.append(DiseaseStatus(value, when, key))
-        return
-    if any("genomic-region-studied" in p for p in profiles(res)):
-        return  # what was sequenced, not a result
-    rec.biomarkers.append(_biomarker(res, key, found, loinc, when, ctx))
-
-
-def _biomarker(
-    res: dict[str, Any], key: str, found: list[Code], loinc: str | None, when: FhirTime | None, ctx: Context
-) -> BiomarkerResult:
-    terms = ctx.terms
-    name = terms.biomarkers_loinc.get(loinc or "")
-    for component in res.get("component") or ():
-        if any(c.code in terms.gene_components for c in codings(component.get("code"))):
-            genes = codings(component.get("valueCodeableConcept"))
-            gene = next((terms.genes_hgnc[g.code] for g in genes if g.code in terms.genes_hgnc), None)
-            name = name or gene or concept_text(component.get("valueCodeableConcept"))
-    name = (
-        name
-        or terms.biomarker_from_text(concept_text(res.get("code")) or "")
-        or (concept_text(res.get("code")) or (f"LOINC {loinc}" if loinc else "tumour marker"))
-    )
-    code = next((c for c in found if c.system == LOINC), found[0] if found else Code("", "", name))
-    quantity = res.get("valueQuantity")
-    if isinstance(quantity, dict) and quantity.get("value") is not None:
-        unit = quantity.get("unit") or quantity.get("code")
-        number = float(quantity["value"])
-        return BiomarkerResult(
-            name, "measured", when, code, key, f"{quantity['value']} {unit or ''}".strip(), number, unit
-        )
-    value_codes, value_text = _value_codes(res)
-    status = terms.value_status(value_codes, value_text) or "indeterminate"
-    shown = value_text or next(
-        (
-            c.display or terms.value_displays.get(c.code)
-            for c in value_codes
-            if c.display or c.code in terms.value_displays
-        ),
-        None,
-    )
-    return BiomarkerResult(name, status, when, code, key, shown)
-
-
-def _medication_code(res: dict[str, Any], key: str, path: str, ctx: Context) -> tuple[Code, list[Code], str | None]:
-    concept = res.get("medicationCodeableConcept")
-    if concept is None and res.get("medicationReference"):
-        target = ctx.index.get(ctx.index.resolve(res["medicationReference"]))
-        if target is None:
-            ctx.warn(
-                key,
-                f"{path}.medicationReference",
-                "medication reference does not resolve within the input",
-            )
-        concept = target.resource.get("code") if target else None
-        if concept is None:
-            display = res["medicationReference"].get("display")
-            concept = {"text": display} if display else None
-    found = codings(concept)
-    code = primary_code(concept, (RXNORM,)) or Code("", "", "unknown medication")
-    return code, found, concept_text(concept)
+def _non_oncologic_reason(res: dict[str, Any], ctx: Context) -> str | None:
+    """For a dual-use drug: the non-cancer condition the order names as its reason, if every
+    reason it names is one (methotrexate for rheumatoid arthritis)."""
+    reasons: list[tuple[list[Code], str | None]] = [
+        (codings(c), concept_text(c)) for c in res.get("reasonCode") or () if isinstance(c, dict)
+    ]
+    for ref in res.get("reasonReference") or ():
+        target = ctx.index.get(ctx.index.resolve(ref))
+        if target is not None and target.type == "Condition":
+            concept = target.resource.get("code")
+            reasons.append((codings(concept), concept_text(concept)))
+    if not reasons or any(ctx.terms.cancer(found, text) for found, text in reasons):
+        return None
+    return next((text for _, text in reasons if text), "a condition that is not a cancer")
 
 
 def read_medication(res: dict[str, Any], key: str, path: str, rec: PatientRecord, ctx: Context) -> None:
     rtype = key.partition("/")[0]
-    code, found, text = _medication_code(res, key, path, ctx)
-    ingredients, drug_class = ctx.terms.drugs_in(found, text)
+    drug = identify(res, key, path, ctx)
+    if not drug.named:
+        ctx.warn(key, f"{path}.medication[x]", "drug not identified from its codes or text; not used as cancer therapy")
+    match = drug.match
     reasons = ctx.refs(res.get("reasonReference"), key, path, "reasonReference")
+    non_oncologic = _non_oncologic_reason(res, ctx) if match.dual_use else None
+    identified_by = drug.identified_by
     if rtype == "MedicationRequest":
-        start, end = time_of(res, "authoredOn")
+        authored, _ = time_of(res, "authoredOn")
+        start, start_from = medication_start(res, authored)
         validity = (res.get("dispenseRequest") or {}).get("validityPeriod") or {}
-        end = FhirTime.parse(validity.get("end")) or end
+        end = FhirTime.parse(validity.get("end"))
         kind = "request"
         status, intent = res.get("status"), res.get("intent")
         if status in ORDER_STATUSES:
-            rec.orders.append(Order(key, code, status, intent, start, reasons, ingredients))
+            rec.orders.append(Order(key, drug.code, status, intent, authored, reasons, match.ingredients))
+        if start_from != "authoredOn" and identified_by:
+            identified_by += f"; start from {start_from}"
     elif rtype == "MedicationAdministration":
         start, end = time_of(res, "effectiveDateTime", "effectivePeriod")
         kind, status, intent = "administration", res.get("status"), None
@@ -321,7 +219,20 @@ def read_medication(res: dict[str, Any], key: str, path: str, rec: PatientRecord
         start, end = time_of(res, "effectiveDateTime", "effectivePeriod", "dateAsserted")
         kind, status, intent = "statement", res.get("status"), None
     rec.medications.append(
-        MedicationEvent(key, kind, code, ingredients, drug_class, status, start, end, intent, reasons)  # type: ignore[arg-type]
+        MedicationEvent(
+            key,
+            kind,  # type: ignore[arg-type]
+            drug.code,
+            match.ingredients,
+            match.drug_class,
+            status,
+            start,
+            end,
+            intent,
+            reasons,
+            identified_by=identified_by,
+            non_oncologic_reason=non_oncologic,
+        )
     )
 
 
@@ -330,6 +241,17 @@ def read_procedure(res: dict[str, Any], key: str, path: str, rec: PatientRecord,
     found = codings(concept)
     start, end = time_of(res, "performedDateTime", "performedPeriod")
     body_site = first_concept(res.get("bodySite"))
+    sessions = extension_value(res, RADIOTHERAPY_SESSIONS)
+    modality = next(
+        (
+            concept_text(inner.get("valueCodeableConcept"))
+            for ext in res.get("extension") or ()
+            if isinstance(ext, dict)
+            for inner in ext.get("extension") or ()
+            if isinstance(inner, dict) and str(inner.get("url", "")).endswith(RADIOTHERAPY_MODALITY)
+        ),
+        None,
+    )
     rec.procedures.append(
         ProcedureEvent(
             key,
@@ -340,6 +262,8 @@ def read_procedure(res: dict[str, Any], key: str, path: str, rec: PatientRecord,
             res.get("status"),
             ctx.refs(res.get("reasonReference"), key, path, "reasonReference"),
             primary_code(body_site) if body_site else None,
+            sessions if isinstance(sessions, int) else None,
+            modality,
         )
     )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,13 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import BaseModel, ValidationError
 
 from shared.errors import InvalidInput, Problem, UnprocessableInput
-from shared.fhir.codes import all_codings, codings, concept_text, profiles
-from shared.fhir.extract import MCODE, READERS, Context
+from shared.fhir.codes import all_codings, codings, concept_text
+from shared.fhir.context import Context
+from shared.fhir.extract import READERS
+from shared.fhir.linking import link
+from shared.fhir.observations import NOT_RESULTS
 from shared.fhir.parse import RawResource, parse_bundle, read_path
-from shared.fhir.record import LOINC, CancerCondition, Demographics, IngestIssue, PatientRecord, latest_cancer_before
+from shared.fhir.record import Demographics, IngestIssue, PatientRecord
 from shared.fhir.references import ReferenceIndex
 from shared.terminology import terminology
 
@@ -89,13 +91,9 @@ def _schema_errors(raw: RawResource) -> list[str]:
 
 
 def _is_oncology_observation(res: dict[str, Any]) -> bool:
-    terms = terminology()
-    found = codings(res.get("code"))
-    if any(c.system == LOINC and c.code in terms.relevant_loinc for c in found):
-        return True
-    if any(MCODE in p for p in profiles(res)):
-        return True
-    return terms.biomarker_from_text(concept_text(res.get("code")) or "") is not None
+    """Recognised by its code (or the words of its code), never by meta.profile."""
+    concept = res.get("code")
+    return terminology().observation_kind(codings(concept), concept_text(concept)) is not None
 
 
 def _is_oncology_report(res: dict[str, Any]) -> bool:
@@ -124,6 +122,10 @@ def ingest(raws: Iterable[RawResource], *, strict: bool = False) -> IngestResult
         key = index.add(raw)
         if rtype not in USED_TYPES:
             skipped[rtype] += 1
+            continue
+        status = raw.resource.get("status")
+        if status == "entered-in-error" or (rtype in {"Observation", "DiagnosticReport"} and status in NOT_RESULTS):
+            skipped[f"{rtype} ({status})"] += 1  # never a fact, still counted
             continue
         if rtype == "Observation" and not _is_oncology_observation(raw.resource):
             skipped["Observation (not oncology)"] += 1
@@ -181,7 +183,7 @@ def ingest(raws: Iterable[RawResource], *, strict: bool = False) -> IngestResult
                 ],
             )
     for rec in records.values():
-        _link(rec, ctx)
+        link(rec, ctx)
         rec.issues = issues  # issues speak of the input, so every record of it lists them
     if not records:
         raise UnprocessableInput(
@@ -192,109 +194,6 @@ def ingest(raws: Iterable[RawResource], *, strict: bool = False) -> IngestResult
             ],
         )
     return IngestResult(list(records.values()), issues, used, skipped)
-
-
-MERGE_WINDOW_DAYS = 365
-
-
-def _onset(cancer: CancerCondition) -> datetime:
-    return cancer.onset.instant if cancer.onset else datetime.min.replace(tzinfo=UTC)
-
-
-def _merge_duplicate_cancers(rec: PatientRecord, ctx: Context) -> None:
-    """One cancer, several Conditions (Synthea: 'Neoplasm of prostate' + 'Carcinoma in situ of
-    prostate' on one day): fold same-type, same-role conditions diagnosed within a year into the
-    most specific one, keeping the earliest onset and every source."""
-    kept: list[CancerCondition] = []
-    for cancer in sorted(rec.cancers, key=lambda c: (c.onset is None, c.onset)):
-        twin = next(
-            (
-                k
-                for k in kept
-                if k.cancer_type == cancer.cancer_type
-                and k.role == cancer.role
-                and k.onset
-                and cancer.onset
-                and (cancer.onset.instant - k.onset.instant).days <= MERGE_WINDOW_DAYS
-            ),
-            None,
-        )
-        if twin is None:
-            kept.append(cancer)
-            continue
-        twin.merged_sources = (*twin.merged_sources, cancer.source)
-        twin.stages.extend(cancer.stages)
-        if ctx.terms.is_generic_cancer_code(twin.code) and not ctx.terms.is_generic_cancer_code(cancer.code):
-            twin.code, twin.histology = cancer.code, twin.histology or cancer.histology
-        for link, target in list(ctx.stage_links.items()):
-            if target == cancer.source:
-                ctx.stage_links[link] = twin.source
-    rec.cancers = kept
-
-
-def _link(rec: PatientRecord, ctx: Context) -> None:
-    """Attach stages and biomarkers to the cancer they describe; sort everything by time."""
-    _merge_duplicate_cancers(rec, ctx)
-    by_key = rec.cancers_by_source()
-    primaries = [c for c in rec.cancers if c.role == "primary"] or rec.cancers
-    by_type: dict[str, list[Any]] = {}
-    for cancer in primaries:
-        by_type.setdefault(cancer.cancer_type, []).append(cancer)
-        if cancer.cancer_type in {"nsclc", "sclc"}:
-            by_type.setdefault("lung", []).append(cancer)
-
-    # Merge TNM member observations into their stage group, so one assessment carries T, N, M.
-    members = {m for ms in ctx.members.values() for m in ms}
-    stage_by_source = {s.source: s for s in rec.stages}
-    for group_key, member_keys in ctx.members.items():
-        group = stage_by_source.get(group_key)
-        for member_key in member_keys:
-            member = stage_by_source.get(member_key)
-            if group and member:
-                group.t, group.n, group.m = group.t or member.t, group.n or member.n, group.m or member.m
-    rec.stages = [s for s in rec.stages if s.source not in members]
-
-    def target(source: str, when: Any, marker: str | None = None) -> Any:
-        allowed = ctx.terms.marker_cancer_types.get(marker or "")
-        if allowed is not None:
-            fitting = [c for c in primaries if c.cancer_type in allowed]
-            return max(fitting, key=_onset, default=None)
-        link = ctx.stage_links.get(source)
-        if link and link in by_key:
-            return by_key[link]
-        if link and link.startswith("type:"):
-            candidates = by_type.get(link[5:], [])
-            if candidates:
-                return candidates[0]
-        if len(primaries) == 1:
-            return primaries[0]
-        # Several cancers and nothing says which: the most recent diagnosed on or before the fact.
-        return latest_cancer_before(primaries, when)
-
-    for stage in sorted(rec.stages, key=lambda s: (s.date is None, s.date)):
-        cancer = target(stage.source, stage.date)
-        if cancer is not None:
-            stage.cancer_source = cancer.source
-            cancer.stages.append(stage)
-    for biomarker in rec.biomarkers:
-        cancer = target(biomarker.source, biomarker.date, biomarker.name)
-        if cancer is not None:
-            biomarker.cancer_source = cancer.source
-            cancer.biomarkers.append(biomarker)
-    for status in rec.disease_status:
-        cancer = target(status.source, status.date)
-        status.cancer_source = cancer.source if cancer else None
-
-    def when_key(value: Any) -> tuple[bool, Any]:
-        return (value is None, value)
-
-    for cancer in rec.cancers:
-        cancer.stages.sort(key=lambda s: when_key(s.date))
-        cancer.biomarkers.sort(key=lambda b: when_key(b.date))
-    rec.cancers.sort(key=lambda c: (c.role != "primary", when_key(c.onset)))
-    rec.medications.sort(key=lambda m: when_key(m.start))
-    rec.procedures.sort(key=lambda p: when_key(p.start))
-    rec.notes.sort(key=lambda n: when_key(n.date))
 
 
 def load_path(path: str | Path, *, strict: bool = False) -> IngestResult:

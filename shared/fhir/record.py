@@ -15,6 +15,9 @@ LOINC = "http://loinc.org"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 AJCC = "http://cancerstaging.org"
+ICDO3 = "http://terminology.hl7.org/CodeSystem/icd-o-3"
+NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
+HGNC = "http://www.genenames.org"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,12 @@ Role = Literal["primary", "secondary"]
 
 @dataclass(slots=True)
 class StageAssessment:
-    """One staging fact: a stage group and/or TNM categories at a point in time."""
+    """One staging fact: a stage group and/or TNM categories at a point in time.
+
+    ``system`` is "AJCC" for TNM staging (groups and categories); other systems (Rai, Binet, FIGO,
+    ISS...) are kept as facts of the record but never answer an AJCC stage question. A group
+    computed from T/N/M says so: ``derived_from`` names the observations and ``rule`` the table row.
+    """
 
     stage: str | None  # normalised group, e.g. "I", "IIIC", "IV", "limited", "extensive"
     date: FhirTime | None
@@ -82,6 +90,15 @@ class StageAssessment:
     m: str | None = None
     code: Code | None = None
     cancer_source: str | None = None  # the Condition it stages, when the data says so
+    system: str = "AJCC"
+    element: str = ""  # where the value was read: "Observation.valueCodeableConcept", "Condition.stage.summary"
+    derived_from: tuple[str, ...] = ()
+    rule: str | None = None
+    result_status: str | None = None  # final | amended | corrected | preliminary
+
+    @property
+    def derived(self) -> bool:
+        return bool(self.derived_from)
 
 
 @dataclass(slots=True)
@@ -95,6 +112,36 @@ class BiomarkerResult:
     quantity: float | None = None
     unit: str | None = None
     cancer_source: str | None = None
+    element: str = ""  # where the value was read, e.g. "Observation.component[48005-3]"
+    derived_from: tuple[str, ...] = ()  # e.g. a Gleason score computed from a Grade Group
+    result_status: str | None = None
+    issued: FhirTime | None = None
+
+    @property
+    def derived(self) -> bool:
+        return bool(self.derived_from)
+
+
+@dataclass(slots=True)
+class PendingResult:
+    """A result that was ordered or started but has no value yet (registered, preliminary)."""
+
+    name: str
+    status: str
+    date: FhirTime | None
+    source: str
+
+
+@dataclass(slots=True)
+class Finding:
+    """A tumour fact that is neither a stage nor a biomarker: size, histologic grade, comorbidity."""
+
+    kind: str  # tumour-size | histologic-grade | comorbidity
+    code: Code
+    value: str | None
+    date: FhirTime | None
+    source: str
+    element: str = ""
 
 
 @dataclass(slots=True)
@@ -114,6 +161,8 @@ class CancerCondition:
     biomarkers: list[BiomarkerResult] = field(default_factory=list)
     recognised_by: str = "code"  # code | profile | text: how we knew it was a cancer
     merged_sources: tuple[str, ...] = ()  # other Conditions recording the same cancer
+    type_from: str = "Condition.code"  # the element that gave the cancer type (code, histology, bodySite)
+    histology_from: str | None = None  # the element the histology came from
 
 
 @dataclass(slots=True)
@@ -134,6 +183,7 @@ class PerformanceStatus:
     value: int
     date: FhirTime | None
     source: str
+    element: str = ""
 
 
 @dataclass(slots=True)
@@ -142,6 +192,7 @@ class DiseaseStatus:
     date: FhirTime | None
     source: str
     cancer_source: str | None = None
+    element: str = ""
 
 
 @dataclass(slots=True)
@@ -158,10 +209,17 @@ class MedicationEvent:
     end: FhirTime | None = None
     intent: str | None = None
     reasons: tuple[str, ...] = ()  # Condition references, resolved to Type/id
+    identified_by: str = ""  # the element the drug was identified from ("medicationReference -> Medication.code")
+    non_oncologic_reason: str | None = None  # a dual-use drug given for a condition that is not a cancer
 
     @property
     def antineoplastic(self) -> bool:
-        return self.drug_class in {"chemotherapy", "targeted", "immunotherapy", "hormonal"}
+        return self.non_oncologic_reason is None and self.drug_class in {
+            "chemotherapy",
+            "targeted",
+            "immunotherapy",
+            "hormonal",
+        }
 
 
 @dataclass(slots=True)
@@ -174,6 +232,8 @@ class ProcedureEvent:
     status: str | None
     reasons: tuple[str, ...] = ()
     body_site: Code | None = None
+    sessions: int | None = None  # a radiotherapy course summary's number of fractions
+    modality: str | None = None  # a radiotherapy course summary's modality
 
 
 @dataclass(slots=True)
@@ -259,6 +319,11 @@ class Demographics:
     gender: str | None
     deceased: FhirTime | None = None
     source: str = ""
+    deceased_flag: bool = False  # deceasedBoolean true (a death without a date)
+
+    @property
+    def is_deceased(self) -> bool:
+        return self.deceased is not None or self.deceased_flag
 
 
 @dataclass(slots=True)
@@ -268,6 +333,8 @@ class PatientRecord:
     conditions: list[ConditionFact] = field(default_factory=list)
     stages: list[StageAssessment] = field(default_factory=list)  # every staging fact, linked or not
     biomarkers: list[BiomarkerResult] = field(default_factory=list)
+    pending: list[PendingResult] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
     performance: list[PerformanceStatus] = field(default_factory=list)
     disease_status: list[DiseaseStatus] = field(default_factory=list)
     medications: list[MedicationEvent] = field(default_factory=list)
