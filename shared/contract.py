@@ -15,6 +15,27 @@ class Contract(BaseModel):
         return self.model_dump(by_alias=True, mode="json")
 
 
+class IssueOut(Contract):
+    """A problem with one input resource (ingestion is lenient: the rest of the input was used)."""
+
+    severity: str
+    resource_type: str | None
+    id: str | None
+    path: str
+    message: str
+
+    @classmethod
+    def of(cls, issue: Any) -> IssueOut:
+        """From a ``shared.fhir.record.IngestIssue``."""
+        return cls(
+            severity=issue.severity,
+            resource_type=issue.resource_type,
+            id=issue.resource_id,
+            path=issue.path,
+            message=issue.message,
+        )
+
+
 class CodeOut(Contract):
     system: str
     code: str

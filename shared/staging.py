@@ -44,15 +44,6 @@ OBSERVATION_PARTS = {"group", "t", "n", "m"}
 ROW_KEYS = {"t", "n", "m", "group", "psa", "grade_group", "note"}
 WILDCARD = "*"
 
-_SYSTEMS = {
-    "http://loinc.org": "loinc",
-    "urn:oid:2.16.840.1.113883.6.1": "loinc",
-    "http://snomed.info/sct": "snomed",
-    "urn:oid:2.16.840.1.113883.6.96": "snomed",
-    "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl": "ncit",
-    "http://ncit.nci.nih.gov": "ncit",
-    "urn:oid:2.16.840.1.113883.3.26.1.1": "ncit",
-}
 
 # prefixes of a TNM category: c, p, yc, yp, r, rp, a ... (AJCC classification prefixes)
 _PREFIX = r"(?:[cpyra]{1,3}\s*)?"
@@ -317,52 +308,6 @@ def load_staging_data(path: Path | str | None = None) -> StagingData:
 def staging_data() -> StagingData:
     """The project's staging data, loaded and validated once per process."""
     return load_staging_data()
-
-
-# ------------------------------------------------------------------------------------------ lookups
-
-
-def system_key(system: str | None) -> str | None:
-    """``"http://loinc.org"`` -> ``"loinc"``; also accepts the short names themselves."""
-    if not system:
-        return None
-    text = system.strip().rstrip("/")
-    if text in {"loinc", "snomed", "ncit"}:
-        return text
-    return _SYSTEMS.get(text)
-
-
-def _key(system: str | None, code: str | None) -> str | None:
-    short = system_key(system)
-    return f"{short}|{code}" if short and code else None
-
-
-def staging_observation(system: str | None, code: str | None) -> dict[str, str] | None:
-    """``{"kind": "clinical"|"pathological"|"other", "part": "group"|"t"|"n"|"m"}`` for a staging code."""
-    key = _key(system, code)
-    entry = staging_data().observations.get(key) if key else None
-    return dict(entry) if entry else None
-
-
-def ajcc_value_text(code: str | None) -> str | None:
-    """The AJCC text of a SNOMED CT AJCC qualifier value (``"1222806003"`` -> ``"IIIC"``)."""
-    return staging_data().ajcc_values.get(code) if code else None
-
-
-def other_staging_system(system: str | None, code: str | None) -> str | None:
-    """The non-AJCC staging system an Observation code reports (``ncit|C141207`` -> ``"Rai"``)."""
-    key = _key(system, code)
-    return staging_data().other_systems.get(key) if key else None
-
-
-def is_grade_group_observation(system: str | None, code: str | None) -> bool:
-    key = _key(system, code)
-    return key is not None and key in staging_data().grade_group_observations
-
-
-def grade_group_from_code(code: str | None) -> int | None:
-    """The ISUP Grade Group of a SNOMED CT grade-group qualifier value (``"1279718003"`` -> 4)."""
-    return staging_data().grade_group_values.get(code) if code else None
 
 
 # ------------------------------------------------------------------------------------------ matching

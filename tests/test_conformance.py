@@ -136,6 +136,12 @@ def check(rec: PatientRecord, issues: list[Any], expectation: dict[str, Any]) ->
         assert matches, (
             f"no stage {spec}; have {[(s.stage, s.system, s.kind, s.t, s.n, s.m, s.source) for s in stages]}"
         )
+    elif what == "risk_group":
+        cancer = next(c for c in rec.cancers if c.source == spec["cancer"])
+        risk = cancer.risk_group
+        assert risk is not None and risk.group == spec["group"], risk
+        if "derived_from" in spec:
+            assert set(risk.derived_from) == set(spec["derived_from"]), risk.derived_from
     elif what == "no_stage":
         cancer = next(c for c in rec.cancers if c.source == spec["cancer"])
         groups = [s for s in cancer.stages if s.system == "AJCC" and s.stage]

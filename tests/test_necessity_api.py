@@ -129,6 +129,24 @@ def test_without_egfr_result_documentation_is_insufficient(client, nec):
     assert "not documented: EGFR positive" in d["rationale"]
 
 
+def test_an_unidentified_drug_and_an_underivable_stage_are_issues_not_errors(client, nec):
+    bundle = egfr_bundle()
+    stage = next(e["resource"] for e in bundle["entry"] if e["resource"]["id"] == "stage-1")
+    stage["code"] = {"coding": [{"system": "http://loinc.org", "code": "21905-5"}]}  # a cT category...
+    stage["valueCodeableConcept"] = {"text": "cTX"}  # ...that cannot be assessed: no stage group derives
+    extra = dict(next(e["resource"] for e in bundle["entry"] if e["resource"]["id"] == "order-1"))
+    extra |= {"id": "order-2", "medicationCodeableConcept": {"text": "Investigational agent XB-0042"}}
+    bundle["entry"].append({"resource": extra})
+    response = post(client, nec, bundle, "?order=MedicationRequest/order-2")
+    assert response.status_code == 200
+    body = response.get_json()
+    issues = {(i["id"], i["message"].split(";")[0]) for i in body["issues"]}
+    assert ("order-2", "drug not identified from its codes or text") in issues
+    assert any(i["id"] == "stage-1" and "could not be derived" in i["message"] for i in body["issues"])
+    (d,) = body["determinations"]
+    assert d["determination"] != "meets"  # a drug no one can identify is never approved
+
+
 def test_meets_as_fhir(client, nec):
     bundle = validated(post(client, nec, egfr_bundle(), "?format=fhir"))
     (response,) = resources(bundle, "GuidanceResponse")

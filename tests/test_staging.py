@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from shared import staging
+from shared.fhir.record import LOINC, NCIT, SNOMED, Code
 from shared.staging import (
     DerivedStage,
     derive_stage_group,
@@ -23,6 +24,7 @@ from shared.staging import (
     normalise_category,
     prostate_risk_group,
 )
+from shared.terminology import terminology
 
 DATA = Path(__file__).resolve().parents[1] / "shared" / "terminology" / "staging.json"
 
@@ -363,18 +365,25 @@ def test_data_file_provenance_and_citations() -> None:
     assert raw["grade_group"]["values"]["1279718003"] == 4
 
 
-def test_lookup_helpers() -> None:
-    assert staging.staging_observation("http://loinc.org", "21905-5") == {"kind": "clinical", "part": "t"}
-    assert staging.staging_observation("http://snomed.info/sct", "371497001") == {"kind": "pathological", "part": "m"}
-    assert staging.staging_observation("http://loinc.org", "718-7") is None
-    assert staging.ajcc_value_text("1229859000") == "pT3"
-    assert normalise_category(staging.ajcc_value_text("1229984001"), "n") == "N3"
+def test_ingestion_reads_the_staging_codes_of_this_file() -> None:
+    """The terminology loads the observation and value codes of staging.json (one reader of codes)."""
+    terms = terminology()
+    kind = terms.observation_kind([Code(LOINC, "21905-5")])
+    assert kind is not None and (kind.kind, kind.params["kind"], kind.params["part"]) == ("staging", "clinical", "t")
+    kind = terms.observation_kind([Code(SNOMED, "371497001")])
+    assert kind is not None and (kind.params["kind"], kind.params["part"]) == ("pathological", "m")
+    assert terms.observation_kind([Code(LOINC, "718-7")]) is None  # haemoglobin
+    assert terms.ajcc_values["1229859000"] == "pT3"
+    assert normalise_category(terms.ajcc_values["1229984001"], "n") == "N3"
     assert staging.normalise_stage_group("American Joint Committee on Cancer stage IIIC (qualifier value)") == "IIIC"
     assert staging.normalise_stage_group("Stage 2B") is None
-    assert staging.other_staging_system("http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl", "C141392") == "R-ISS"
-    assert staging.other_staging_system("http://snomed.info/sct", "385361009") == "FIGO"
-    assert staging.grade_group_from_code("1279720000") == 5
-    assert staging.is_grade_group_observation("http://snomed.info/sct", "385377005")
+    rai = terms.observation_kind([Code(NCIT, "C141392")])
+    assert rai is not None and rai.params["system"] == "R-ISS"
+    figo = terms.observation_kind([Code(SNOMED, "385361009")])
+    assert figo is not None and figo.params["system"] == "FIGO"
+    assert terms.grade_group_values[(SNOMED, "1279720000")] == 5
+    grade = terms.observation_kind([Code(SNOMED, "385377005")])
+    assert grade is not None and grade.kind == "grade-group"
 
 
 def _write(tmp_path: Path, mutate: Callable[[dict[str, Any]], None]) -> Path:

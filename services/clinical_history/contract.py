@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.contract import CodeOut, Contract
+from shared.contract import CodeOut, Contract, IssueOut
 
-__all__ = ["CodeOut", "Contract"]
+__all__ = ["CodeOut", "Contract", "IssueOut"]
 
 
 class PatientOut(Contract):
@@ -41,6 +41,13 @@ class BiomarkerOut(Contract):
     derived_from: list[str] = Field(default_factory=list)
 
 
+class RiskGroupOut(Contract):
+    group: str
+    scheme: str
+    derived_from: list[str]
+    date: str | None = None
+
+
 class CancerOut(Contract):
     code: CodeOut
     cancer_type: str
@@ -49,6 +56,7 @@ class CancerOut(Contract):
     clinical_status: str | None = None
     stage: StageOut | None = None  # the current stage: latest, pathological preferred on the same day
     stage_history: list[StageOut]
+    risk_group: RiskGroupOut | None = None  # derived (prostate: T, Grade Group, PSA)
     biomarkers: list[BiomarkerOut]
     source: str
     also_recorded_as: list[str] = Field(default_factory=list)
@@ -88,14 +96,6 @@ class EventOut(Contract):
     uncertain: bool = False
     span: TextSpan | None = None
     detail: str | None = None
-
-
-class IssueOut(Contract):
-    severity: str
-    resource_type: str | None
-    id: str | None
-    path: str
-    message: str
 
 
 class NotesSummaryOut(Contract):

@@ -76,9 +76,9 @@ def imaging_finding_events(record: PatientRecord, classifier: FindingsClassifier
                     from_text=True,
                     negated=finding.status == "negative",
                     uncertain=finding.status == "uncertain",
-                    span=None if evidence is None else TextSpan(
-                        start=evidence.start, end=evidence.end, text=evidence.text, section=evidence.section
-                    ),
+                    span=None
+                    if evidence is None
+                    else TextSpan(start=evidence.start, end=evidence.end, text=evidence.text, section=evidence.section),
                     detail=f"label={finding.label}; status={finding.status}; probability={probability}",
                 )
             )

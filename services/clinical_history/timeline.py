@@ -17,6 +17,7 @@ from services.clinical_history.contract import (
     IssueOut,
     LineOut,
     PatientOut,
+    RiskGroupOut,
     StageOut,
     TextSpan,
     Timeline,
@@ -95,6 +96,14 @@ def _cancer(c: CancerCondition) -> CancerOut:
         clinical_status=c.clinical_status,
         stage=_stage(stage) if stage else None,
         stage_history=[_stage(s) for s in c.stages],
+        risk_group=RiskGroupOut(
+            group=c.risk_group.group,
+            scheme=c.risk_group.scheme,
+            derived_from=list(c.risk_group.derived_from),
+            date=_text(c.risk_group.date),
+        )
+        if c.risk_group
+        else None,
         biomarkers=[_biomarker(b) for b in c.biomarkers],
         source=c.source,
         also_recorded_as=list(c.merged_sources),
@@ -241,10 +250,5 @@ def build_timeline(
         cancers=[_cancer(c) for c in record.cancers],
         lines_of_therapy=lines,
         events=events,
-        issues=[
-            IssueOut(
-                severity=i.severity, resource_type=i.resource_type, id=i.resource_id, path=i.path, message=i.message
-            )
-            for i in record.issues
-        ],
+        issues=[IssueOut.of(i) for i in record.issues],
     )

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from shared.contract import CodeOut, Contract
+from shared.contract import CodeOut, Contract, IssueOut
 
 Determination = Literal["meets", "does-not-meet", "insufficient-documentation", "not-on-any-pathway"]
 
@@ -81,3 +81,4 @@ class NecessityOut(Contract):
     patient: str
     determinations: list[DeterminationOut]
     disclaimer: str
+    issues: list[IssueOut] = Field(default_factory=list)  # what the input could not tell (unread drugs, stages...)

@@ -31,7 +31,7 @@ from services.medical_necessity.contract import (
 )
 from services.medical_necessity.judge import Judge, Judgement, NoJudge
 from services.medical_necessity.passages import Passage, passages_of, relevant
-from shared.contract import CodeOut
+from shared.contract import CodeOut, IssueOut
 from shared.errors import UnprocessableInput
 from shared.fhir.record import FhirTime, Order, PatientRecord
 from shared.terminology import terminology
@@ -83,7 +83,12 @@ def assess(
     chosen = list(orders) if orders is not None else orders_to_review(record)
     texts = passages_of(record)
     determinations = [_determine(record, queries, order, judge, texts) for order in chosen]
-    return NecessityOut(patient=record.id, determinations=determinations, disclaimer=DISCLAIMER)
+    return NecessityOut(
+        patient=record.id,
+        determinations=determinations,
+        disclaimer=DISCLAIMER,
+        issues=[IssueOut.of(i) for i in record.issues],
+    )
 
 
 def _determine(

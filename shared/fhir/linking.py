@@ -13,10 +13,11 @@ from shared.fhir.record import (
     BiomarkerResult,
     CancerCondition,
     PatientRecord,
+    RiskGroup,
     StageAssessment,
     latest_cancer_before,
 )
-from shared.staging import derive_stage_group, normalise_category
+from shared.staging import derive_stage_group, normalise_category, prostate_risk_group
 
 R = TypeVar("R", BiomarkerResult, StageAssessment)
 CORRECTIONS = {"amended", "corrected"}
@@ -90,6 +91,27 @@ def derive_stages(cancer: CancerCondition, ctx: Context) -> list[StageAssessment
             )
         )
     return out
+
+
+RISK_SCHEME = "AUA/ASTRO/SUO 2022 (Eastham et al., J Urol 2022;208:10-18), as publicly described"
+
+
+def derive_risk_group(cancer: CancerCondition) -> RiskGroup | None:
+    """The risk group of a localised prostate cancer from its latest T category, Grade Group and PSA."""
+    if cancer.cancer_type != "prostate":
+        return None
+    t = next((s for s in reversed(cancer.stages) if s.system == "AJCC" and s.t), None)
+    grade, psa = _latest(cancer, "Grade Group"), _latest(cancer, "PSA")
+    group = prostate_risk_group(
+        t.t if t else None,
+        int(grade.quantity) if grade and grade.quantity is not None else None,
+        psa.quantity if psa else None,
+    )
+    if group is None:
+        return None
+    used = [f for f in (t, grade, psa) if f is not None]
+    dates = [f.date for f in used if f.date is not None]
+    return RiskGroup(group, RISK_SCHEME, tuple(dict.fromkeys(f.source for f in used)), max(dates, default=None))
 
 
 def _latest(cancer: CancerCondition, name: str) -> BiomarkerResult | None:
@@ -220,6 +242,7 @@ def link(rec: PatientRecord, ctx: Context) -> None:
             rec.stages.extend(derived)
             cancer.stages.extend(derived)
             cancer.stages.sort(key=lambda s: when_key(s.date))
+        cancer.risk_group = derive_risk_group(cancer)
     rec.cancers.sort(key=lambda c: (c.role != "primary", when_key(c.onset)))
     rec.medications.sort(key=lambda m: when_key(m.start))
     rec.procedures.sort(key=lambda p: when_key(p.start))

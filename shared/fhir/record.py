@@ -145,6 +145,16 @@ class Finding:
 
 
 @dataclass(slots=True)
+class RiskGroup:
+    """A risk group derived from other facts (prostate: T category, Grade Group and PSA)."""
+
+    group: str  # low | intermediate | high
+    scheme: str  # the published scheme the rule follows
+    derived_from: tuple[str, ...]
+    date: FhirTime | None
+
+
+@dataclass(slots=True)
 class CancerCondition:
     source: str
     code: Code
@@ -162,6 +172,7 @@ class CancerCondition:
     recognised_by: str = "code"  # code | profile | text: how we knew it was a cancer
     merged_sources: tuple[str, ...] = ()  # other Conditions recording the same cancer
     type_from: str = "Condition.code"  # the element that gave the cancer type (code, histology, bodySite)
+    risk_group: RiskGroup | None = None
     histology_from: str | None = None  # the element the histology came from
 
 

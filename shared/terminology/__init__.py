@@ -14,6 +14,7 @@ from typing import Any
 
 from shared.fhir.codes import canonical_system
 from shared.fhir.record import ICD10CM, ICDO3, LOINC, RXNORM, SNOMED, Code
+from shared.staging import StagingData, staging_data
 
 HERE = Path(__file__).parent
 DRUG_CLASSES = {"chemotherapy", "targeted", "immunotherapy", "hormonal", "supportive"}
@@ -96,7 +97,7 @@ class Terminology:
     def __init__(self) -> None:
         self._load_cancers(_load("cancers.json"))
         self._load_drugs(_load("drugs.json"))
-        self._load_observations(_load("observations.json"), _load("staging.json"))
+        self._load_observations(_load("observations.json"), staging_data())
         procedures = _load("procedures.json")
         self._procedure_codes: dict[str, str] = procedures["snomed"]
         self._procedure_words = [(r["category"], _words_pattern(r["words"])) for r in procedures["keywords"]]
@@ -113,7 +114,10 @@ class Terminology:
                 row["type"], row["role"], row["display"], row.get("stage"), generic=row.get("generic", False)
             )
         self._icd_prefixes = sorted(
-            ((r["prefix"], CancerCode(r["type"], r["role"], r["display"])) for r in cancers["icd10cm_prefixes"]),
+            (
+                (r["prefix"].upper().replace(".", ""), CancerCode(r["type"], r["role"], r["display"]))
+                for r in cancers["icd10cm_prefixes"]
+            ),
             key=lambda item: len(item[0]),
             reverse=True,
         )
@@ -169,23 +173,23 @@ class Terminology:
                 self.regimens[word.lower()] = tuple(by_name[i] for i in regimen["ingredients"])
         self._regimen_words = _words_pattern(list(self.regimens)) if self.regimens else None
 
-    def _load_observations(self, obs: dict[str, Any], staging: dict[str, Any]) -> None:
+    def _load_observations(self, obs: dict[str, Any], staging: StagingData) -> None:
         kinds: dict[tuple[str, str], ObservationKind] = {}
 
         def add(spec: str, what: str, **params: Any) -> None:
             kinds.setdefault(_key(spec), ObservationKind(what, params))
 
-        for spec, part in staging["observations"].items():
+        # Staging codes come from staging.json, validated by its own loader (shared.staging).
+        for spec, part in staging.observations.items():
             add(spec, "staging", **part)
-        for spec, system in staging.get("other_systems", {}).items():
+        for spec, system in staging.other_systems.items():
             add(spec, "other-staging", system=system)
-        grade_groups = staging.get("grade_group", {})
-        for spec in grade_groups.get("observations", ()):
+        for spec in sorted(staging.grade_group_observations):
             add(spec, "grade-group")
         self.grade_group_values: dict[tuple[str, str], int] = {  # SNOMED CT qualifier values
-            (SNOMED, code): int(group) for code, group in grade_groups.get("values", {}).items()
+            (SNOMED, code): group for code, group in staging.grade_group_values.items()
         }
-        self.ajcc_values: dict[str, str] = staging.get("ajcc_values", {})
+        self.ajcc_values: dict[str, str] = dict(staging.ajcc_values)
         for spec, scale in obs["performance"].items():
             add(spec, "performance", scale=scale)
         self.performance_answers: dict[str, tuple[str, int]] = {
@@ -227,8 +231,9 @@ class Terminology:
                 return self._snomed_cancers[code.code]
         for code in codes:
             if code.system == ICD10CM:
+                compact = code.code.upper().replace(".", "")  # "C34.11" and "C3411" are the same code
                 for prefix, cancer in self._icd_prefixes:
-                    if code.code.upper().startswith(prefix):
+                    if compact.startswith(prefix):
                         return cancer
         words = " ".join(filter(None, [text, *(c.display or "" for c in codes)]))
         if words and self._malignant.search(words) and not self._not_malignant.search(words):
