@@ -23,6 +23,7 @@ class Context:
     # Cancers known only from a stage-bearing diagnosis code ("NSCLC, TNM stage 1"): used when
     # no other Condition of the record records that cancer.
     staged_diagnoses: list[CancerCondition] = field(default_factory=list)
+    reason_types: dict[str, set[str]] = field(default_factory=dict)  # resource key -> cancer types in reasonCode
 
     def warn(self, key: str, path: str, message: str) -> None:
         self._issue("warning", key, path, message)

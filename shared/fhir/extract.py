@@ -176,6 +176,19 @@ def read_condition(res: dict[str, Any], key: str, path: str, rec: PatientRecord,
     rec.cancers.append(item)
 
 
+def _reasons(res: dict[str, Any], key: str, path: str, ctx: Context) -> tuple[str, ...]:
+    """The Conditions a resource names as its reason; a cancer named only by code (reasonCode
+    "Non-small cell lung cancer") is resolved to that cancer of the record when linking."""
+    types = {
+        cancer.cancer_type
+        for concept in res.get("reasonCode") or ()
+        if (cancer := ctx.terms.cancer(codings(concept), concept_text(concept))) and cancer.role != "suspected"
+    }
+    if types:
+        ctx.reason_types[key] = types
+    return ctx.refs(res.get("reasonReference"), key, path, "reasonReference")
+
+
 def _non_oncologic_reason(res: dict[str, Any], ctx: Context) -> str | None:
     """For a dual-use drug: the non-cancer condition the order names as its reason, if every
     reason it names is one (methotrexate for rheumatoid arthritis)."""
@@ -198,7 +211,7 @@ def read_medication(res: dict[str, Any], key: str, path: str, rec: PatientRecord
     if not drug.named:
         ctx.warn(key, f"{path}.medication[x]", "drug not identified from its codes or text; not used as cancer therapy")
     match = drug.match
-    reasons = ctx.refs(res.get("reasonReference"), key, path, "reasonReference")
+    reasons = _reasons(res, key, path, ctx)
     non_oncologic = _non_oncologic_reason(res, ctx) if match.dual_use else None
     identified_by = drug.identified_by
     if rtype == "MedicationRequest":
@@ -260,7 +273,7 @@ def read_procedure(res: dict[str, Any], key: str, path: str, rec: PatientRecord,
             start,
             end,
             res.get("status"),
-            ctx.refs(res.get("reasonReference"), key, path, "reasonReference"),
+            _reasons(res, key, path, ctx),
             primary_code(body_site) if body_site else None,
             sessions if isinstance(sessions, int) else None,
             modality,
@@ -274,7 +287,7 @@ def read_service_request(res: dict[str, Any], key: str, path: str, rec: PatientR
     concept = res.get("code")
     code = primary_code(concept, (LOINC, SNOMED)) or Code("", "", "service request without code")
     authored, _ = time_of(res, "authoredOn")
-    reasons = ctx.refs(res.get("reasonReference"), key, path, "reasonReference")
+    reasons = _reasons(res, key, path, ctx)
     rec.orders.append(Order(key, code, res.get("status"), res.get("intent"), authored, reasons))
 
 

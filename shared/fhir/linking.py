@@ -129,6 +129,31 @@ def _prostate_inputs(cancer: CancerCondition) -> tuple[str, ...]:
     return tuple(b.source for name in ("PSA", "Grade Group") if (b := _latest(cancer, name)) is not None)
 
 
+def _resolve_reason_codes(rec: PatientRecord, ctx: Context) -> None:
+    """An order or procedure that names its cancer only by code is about the record's one cancer
+    of that type (NSCLC also matches a lung cancer of unknown histology); several such cancers,
+    or none: left unresolved, and attribution falls back to dates."""
+    if not ctx.reason_types:
+        return
+    cancers = rec.cancers_by_source()
+
+    def owner(types: set[str]) -> str | None:
+        wanted = types | ({"lung"} if types & {"nsclc", "sclc"} else set())
+        fitting = {c.source for c in rec.cancers if c.cancer_type in wanted and c.role == "primary"}
+        return next(iter(fitting)) if len(fitting) == 1 else None
+
+    def resolved(key: str, reasons: tuple[str, ...]) -> tuple[str, ...]:
+        types = ctx.reason_types.get(key)
+        if types and not any(r in cancers for r in reasons) and (found := owner(types)):
+            return (*reasons, found)
+        return reasons
+
+    for event in (*rec.medications, *rec.procedures):
+        event.reasons = resolved(event.source, event.reasons)
+    for order in rec.orders:
+        order.reasons = resolved(order.reference, order.reasons)
+
+
 MERGE_WINDOW_DAYS = 365
 
 
@@ -179,6 +204,7 @@ def link(rec: PatientRecord, ctx: Context) -> None:
             rec.cancers.append(diagnosis)  # the stage-bearing code is the only record of this cancer
             recorded.add(diagnosis.cancer_type)
     _merge_duplicate_cancers(rec, ctx)
+    _resolve_reason_codes(rec, ctx)
     rec.biomarkers = _superseded_dropped(rec.biomarkers)
     rec.stages = _superseded_dropped(rec.stages)
     by_key = rec.cancers_by_source()
