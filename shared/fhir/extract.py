@@ -53,6 +53,9 @@ ORDER_STATUSES = {"draft", "active", "on-hold"}
 IMAGING_CATEGORIES = {"RAD", "imaging", "LP29684-5", "18748-4", "CT", "MR", "NMR", "US", "RX"}
 PATHOLOGY_CATEGORIES = {"PAT", "SP", "CP", "GE", "CG", "11526-1", "LP7839-6"}
 _TAGS = re.compile(r"<[^>]+>")
+# Dosage forms that act on skin or eye only: fluorouracil cream treats actinic keratosis, trifluridine
+# drops treat herpes keratitis. No pathway drug is given this way.
+_LOCAL_FORM = re.compile(r"\b(?:cream|ointment|topical|lotion|ophthalmic|eye drops?|cutaneous)\b", re.IGNORECASE)
 RELATED_PRIMARY = ("mcode-related-primary-cancer-condition", "condition-related")
 RADIOTHERAPY_SESSIONS = "mcode-radiotherapy-sessions"
 RADIOTHERAPY_MODALITY = "mcode-radiotherapy-modality"
@@ -213,6 +216,8 @@ def read_medication(res: dict[str, Any], key: str, path: str, rec: PatientRecord
     match = drug.match
     reasons = _reasons(res, key, path, ctx)
     non_oncologic = _non_oncologic_reason(res, ctx) if match.dual_use else None
+    if match.ingredients and _LOCAL_FORM.search(f"{drug.code.display or ''} {drug.text or ''}"):
+        non_oncologic = "a topical or eye form (not systemic cancer therapy)"  # fluorouracil cream, trifluridine drops
     identified_by = drug.identified_by
     if rtype == "MedicationRequest":
         authored, _ = time_of(res, "authoredOn")

@@ -148,8 +148,10 @@ def _resolve_reason_codes(rec: PatientRecord, ctx: Context) -> None:
             return (*reasons, found)
         return reasons
 
-    for event in (*rec.medications, *rec.procedures):
-        event.reasons = resolved(event.source, event.reasons)
+    for medication in rec.medications:
+        medication.reasons = resolved(medication.source, medication.reasons)
+    for procedure in rec.procedures:
+        procedure.reasons = resolved(procedure.source, procedure.reasons)
     for order in rec.orders:
         order.reasons = resolved(order.reference, order.reasons)
 

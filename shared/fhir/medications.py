@@ -22,6 +22,7 @@ class DrugIdentity:
     code: Code
     match: DrugMatch
     identified_by: str  # the element that named the drug; "" when nothing did
+    text: str | None  # the words that name it (code text or display)
     named: bool  # the drug has a standard code or a name a person can read, known to our table or not
 
 
@@ -84,7 +85,7 @@ def identify(res: dict[str, Any], key: str, path: str, ctx: Context) -> DrugIden
     # Known to the table, or a standard code with a readable name (a drug that is not a cancer drug).
     named = bool(match.ingredients) or (bool(text) and any(c.system == RXNORM for c in found))
     via = f"{element} ({match.via})" if match.ingredients else ""
-    return DrugIdentity(code, match, via, named)
+    return DrugIdentity(code, match, via, text, named)
 
 
 def medication_start(res: dict[str, Any], authored: FhirTime | None) -> tuple[FhirTime | None, str]:
