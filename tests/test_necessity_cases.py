@@ -219,7 +219,7 @@ def test_determination_json_is_camel_case(queries: PathwayQueries) -> None:
     record = patient("nsclc", stage="IVA")
     out = assess(record, queries, [order_for("osimertinib")]).to_json()
     (det,) = out["determinations"]
-    assert set(out) == {"patient", "determinations", "disclaimer"}
+    assert set(out) == {"patient", "determinations", "disclaimer", "issues"}
     assert set(det) == {
         "order",
         "determination",
