@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from shared.fhir.record import ICD10CM, LOINC, RXNORM, SNOMED
+from shared.fhir.record import CPT, ICD10CM, INGREDIENT, LOINC, RXNORM, SNOMED
+from shared.terminology import terminology
 
 _VERHOEFF_D = [
     [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
@@ -36,6 +37,12 @@ _VERHOEFF_P = [
 ]
 _LOINC_ANSWER = re.compile(r"^L[AP][0-9]{1,7}-[0-9]$")
 _ICD10CM = re.compile(r"^[A-TV-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$")
+_CPT = re.compile(r"^[0-9]{4}[0-9FTU]$")  # Category I (5 digits), II (F) and III (T) codes
+
+
+def _known_ingredient(name: str) -> bool:
+    drug = terminology().drug_by_name(name)
+    return drug is not None and drug.name == name
 
 
 def verhoeff_ok(digits: str) -> bool:
@@ -71,8 +78,10 @@ def code_problem(system: str, code: str) -> str | None:
         LOINC: (loinc_ok, "not a LOINC code (digits, hyphen, mod-10 check digit)"),
         RXNORM: (lambda c: c.isdigit() and len(c) <= 8, "not an RxNorm CUI (an integer)"),
         ICD10CM: (_ICD10CM.match, "not an ICD-10-CM code"),
+        CPT: (_CPT.match, "not a CPT code (4 digits and a digit, F or T)"),
+        INGREDIENT: (_known_ingredient, "not a drug name of shared/terminology/drugs.json"),
     }
     if system not in checks:
-        return f"code system {system!r} is not SNOMED CT, LOINC, RxNorm or ICD-10-CM"
+        return f"code system {system!r} is not SNOMED CT, LOINC, RxNorm, ICD-10-CM, CPT or an ingredient"
     ok, message = checks[system]
     return None if ok(code) else f"{code!r} is {message}"

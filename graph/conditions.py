@@ -17,9 +17,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shared.fhir.record import ICD10CM, LOINC, RXNORM, SNOMED, Code
+from shared.fhir.record import CPT, ICD10CM, INGREDIENT, LOINC, RXNORM, SNOMED, Code
 
-CODE_SYSTEMS = {"snomed": SNOMED, "loinc": LOINC, "rxnorm": RXNORM, "icd10cm": ICD10CM}
+# CPT codes may be listed on an orderable (orders arrive coded in CPT) but never described from CPT
+# text; "ingredient" names a drug of shared/terminology/drugs.json.
+CODE_SYSTEMS = {
+    "snomed": SNOMED,
+    "loinc": LOINC,
+    "rxnorm": RXNORM,
+    "icd10cm": ICD10CM,
+    "cpt": CPT,
+    "ingredient": INGREDIENT,
+}
 BIOMARKER_STATUSES = ("positive", "negative", "equivocal", "indeterminate", "measured")
 DRUG_CLASSES = ("chemotherapy", "targeted", "immunotherapy", "hormonal")
 PROCEDURE_CATEGORIES = ("surgery", "radiation", "chemoradiation", "imaging", "biopsy", "endoscopy")

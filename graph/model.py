@@ -13,7 +13,8 @@ from datetime import date
 from enum import StrEnum
 
 from graph.conditions import Condition
-from shared.fhir.record import Code
+from shared.fhir.record import INGREDIENT, RXNORM, Code
+from shared.terminology import terminology
 
 
 class NodeKind(StrEnum):
@@ -116,6 +117,11 @@ class Source:
     accessed: str  # ISO date the content was read
 
 
+def _ingredients(codes: tuple[Code, ...]) -> tuple[str, ...]:
+    named = tuple(c.code for c in codes if c.system == INGREDIENT)
+    return (*named, *terminology().identify_drug([c for c in codes if c.system == RXNORM]).ingredients)
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     id: str  # unique within a pathway version, prefixed by the pathway id ("nsclc.staging")
@@ -133,7 +139,12 @@ class Node:
 
     @property
     def code_keys(self) -> tuple[str, ...]:
-        return tuple(f"{c.system}|{c.code}" for c in self.codes)
+        """Every code of the node, plus, for a drug, its ingredient names: an order for a product
+        the RxNorm table does not know still meets the drug by its ingredient."""
+        keys = [f"{c.system}|{c.code}" for c in self.codes]
+        if self.activity == "drug":
+            keys += [f"{INGREDIENT}|{name}" for name in _ingredients(self.codes)]
+        return tuple(dict.fromkeys(keys))
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,8 @@ from graph.conditions import AllOf, AnyOf, Condition, Not, describe
 from graph.facts import SATISFIED, UNKNOWN, UNSATISFIED, Attribution, Evaluation, PatientFacts, Status, combine
 from graph.model import ORDERABLE, Edge, EdgeKind, Node, NodeKind, PathwayInfo, Source, StepKind
 from graph.store import PathwayStore, latest
-from shared.fhir.record import RXNORM, CancerCondition, Order, PatientRecord
+from shared.fhir.record import INGREDIENT, RXNORM, CancerCondition, Order, PatientRecord
+from shared.terminology import terminology
 
 StepStatus = Literal["done", "not-done", "decided", "undetermined"]
 
@@ -462,12 +463,11 @@ def _unknown_leaves(evaluation: Evaluation) -> list[Evaluation]:
 
 
 def order_code_keys(order: Order) -> set[str]:
-    """The order's own code plus every RxNorm CUI of its ingredients (product -> ingredient)."""
-    from shared.terminology import terminology
-
-    keys = {f"{order.code.system}|{order.code.code}"}
+    """Every coding of the order, plus each ingredient by RxNorm CUI and by name (product -> ingredient)."""
+    keys = {f"{c.system}|{c.code}" for c in (order.code, *order.codes) if c.code}
     terms = terminology()
     for name in order.ingredients:
+        keys.add(f"{INGREDIENT}|{name}")
         drug = terms.drug_by_name(name)
         if drug is not None:
             keys |= {f"{RXNORM}|{cui}" for cui in drug.rxcuis}

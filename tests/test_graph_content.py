@@ -16,7 +16,7 @@ from graph.loader import PATHWAY_DIR, PathwayFileError, load_file, load_pathways
 from graph.model import NodeKind
 from graph.validate import validate
 from oncotwin.cli import main
-from shared.fhir.record import LOINC, RXNORM, SNOMED
+from shared.fhir.record import CPT, INGREDIENT, LOINC, RXNORM, SNOMED
 
 CANCERS = {"nsclc", "sclc", "colon", "prostate", "breast"}
 RAW = yaml.safe_load((PATHWAY_DIR / "nsclc.yaml").read_text(encoding="utf-8"))
@@ -105,7 +105,11 @@ def test_loader_names_the_file_and_place(tmp_path: Path) -> None:
         (LOINC, "LA6576-8", True),
         (RXNORM, "1721560", True),
         (RXNORM, "RX123", False),
-        ("http://www.ama-assn.org/go/cpt", "99213", False),
+        (CPT, "77427", True),  # CPT codes may be listed (never described from CPT text)
+        (CPT, "7742", False),
+        (INGREDIENT, "pembrolizumab", True),
+        (INGREDIENT, "Keytruda", False),  # the table's ingredient name, not a brand
+        ("http://example.org/local", "X1", False),
     ],
 )
 def test_code_checks(system: str, code: str, ok: bool) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.fhir.record import AJCC, HGNC, ICD10CM, ICDO3, LOINC, NCIT, RXNORM, SNOMED, Code, FhirTime
+from shared.fhir.record import AJCC, CPT, HGNC, ICD10CM, ICDO3, LOINC, NCIT, RXNORM, SNOMED, Code, FhirTime
 
 # Code systems as FHIR data writes them: canonical URLs, older aliases and OIDs (Epic and Cerner
 # exports use OIDs), so a code is recognised whatever spelling of its system it arrives with.
@@ -30,6 +30,8 @@ SYSTEM_ALIASES = {
     "https://www.genenames.org/": HGNC,
     "http://www.genenames.org/": HGNC,
     "ajcc": AJCC,
+    "cpt": CPT,
+    "urn:oid:2.16.840.1.113883.6.12": CPT,
 }
 
 

@@ -227,7 +227,9 @@ def read_medication(res: dict[str, Any], key: str, path: str, rec: PatientRecord
         kind = "request"
         status, intent = res.get("status"), res.get("intent")
         if status in ORDER_STATUSES:
-            rec.orders.append(Order(key, drug.code, status, intent, authored, reasons, match.ingredients))
+            rec.orders.append(
+                Order(key, drug.code, status, intent, authored, reasons, match.ingredients, tuple(drug.codes))
+            )
         if start_from != "authoredOn" and identified_by:
             identified_by += f"; start from {start_from}"
     elif rtype == "MedicationAdministration":
@@ -293,7 +295,9 @@ def read_service_request(res: dict[str, Any], key: str, path: str, rec: PatientR
     code = primary_code(concept, (LOINC, SNOMED)) or Code("", "", "service request without code")
     authored, _ = time_of(res, "authoredOn")
     reasons = _reasons(res, key, path, ctx)
-    rec.orders.append(Order(key, code, res.get("status"), res.get("intent"), authored, reasons))
+    rec.orders.append(
+        Order(key, code, res.get("status"), res.get("intent"), authored, reasons, codes=tuple(codings(concept)))
+    )
 
 
 def read_encounter(res: dict[str, Any], key: str, path: str, rec: PatientRecord, ctx: Context) -> None:

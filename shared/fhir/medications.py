@@ -23,7 +23,8 @@ class DrugIdentity:
     match: DrugMatch
     identified_by: str  # the element that named the drug; "" when nothing did
     text: str | None  # the words that name it (code text or display)
-    named: bool  # the drug has a standard code or a name a person can read, known to our table or not
+    named: bool
+    codes: tuple[Code, ...] = ()  # every coding of the drug (product and ingredient)  # the drug has a standard code or a name a person can read, known to our table or not
 
 
 def _contained(res: dict[str, Any], ref: str) -> dict[str, Any] | None:
@@ -85,7 +86,7 @@ def identify(res: dict[str, Any], key: str, path: str, ctx: Context) -> DrugIden
     # Known to the table, or a standard code with a readable name (a drug that is not a cancer drug).
     named = bool(match.ingredients) or (bool(text) and any(c.system == RXNORM for c in found))
     via = f"{element} ({match.via})" if match.ingredients else ""
-    return DrugIdentity(code, match, via, text, named)
+    return DrugIdentity(code, match, via, text, named, tuple(found))
 
 
 def medication_start(res: dict[str, Any], authored: FhirTime | None) -> tuple[FhirTime | None, str]:

@@ -18,6 +18,10 @@ AJCC = "http://cancerstaging.org"
 ICDO3 = "http://terminology.hl7.org/CodeSystem/icd-o-3"
 NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
 HGNC = "http://www.genenames.org"
+CPT = "http://www.ama-assn.org/go/cpt"
+# A project-local system for drug ingredient names ("pembrolizumab"): pathway items and orders meet
+# on the ingredient when no RxNorm CUI is known for it (no public code list to copy it from).
+INGREDIENT = "urn:oncotwin:ingredient"
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +305,7 @@ class Order:
     authored: FhirTime | None
     reasons: tuple[str, ...] = ()
     ingredients: tuple[str, ...] = ()
+    codes: tuple[Code, ...] = ()  # every coding of the ordered item (LOINC and CPT, product and ingredient)
 
 
 @dataclass(frozen=True, slots=True)
