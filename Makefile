@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8080
 
-.PHONY: run test bench bench-llm lint install install-dev clean browser
+.PHONY: run test bench bench-llm eval lint install install-dev clean browser
 
 LLM_MODELS ?= var/dsbd-models
 
@@ -34,6 +34,10 @@ bench: install-dev browser
 	$(PY) bench/audit_throughput.py --pool solo
 	$(PY) bench/radiology.py
 	$(PY) bench/dashboard.py
+
+# The medical-necessity evaluation set: accuracy overall, per cancer, per determination, confusion matrix.
+eval: install-dev
+	$(PY) bench/necessity_eval.py
 
 # Trains the small target/draft pair on ../shared/data once (about 7 minutes on 2 cores), then
 # compares DSBD, beam sampling and one-token-per-step beam search (services/llm/docs/benchmarks.md).

@@ -69,7 +69,11 @@ FACTS: dict[str, dict[str, ParamSpec]] = {
         "min": ParamSpec("number"),
         "max": ParamSpec("number"),
     },
-    "performance": {"ecog_max": ParamSpec("integer"), "ecog_min": ParamSpec("integer")},
+    "performance": {
+        "ecog_max": ParamSpec("integer"),
+        "ecog_min": ParamSpec("integer"),
+        "missing_ok": ParamSpec("boolean"),  # no status on record counts as satisfied (a contraindication check)
+    },
     "age": {"min": ParamSpec("number"), "max": ParamSpec("number")},
     "sex": {"is": ParamSpec("string", required=True, choices=("female", "male"))},
     "therapy": {
@@ -81,6 +85,11 @@ FACTS: dict[str, dict[str, ParamSpec]] = {
     "procedure": {"categories": ParamSpec("strings", choices=PROCEDURE_CATEGORIES), "codes": ParamSpec("codes")},
     "imaging": {"codes": ParamSpec("codes"), "modalities": ParamSpec("strings")},
     "disease_status": {"in": ParamSpec("strings", required=True, choices=DISEASE_STATUSES)},
+    "progressed_on": {  # progression documented after exposure to one of these drugs or drug groups
+        "drugs": ParamSpec("strings"),
+        "groups": ParamSpec("strings"),
+        "sensitive_after_days": ParamSpec("integer"),  # progression this long after the last dose does not count
+    },
 }
 
 
@@ -141,7 +150,7 @@ def parse_condition(data: Any, where: str = "condition") -> Condition:
             params[name] = _param(data[name], spec, f"{where}.{name}")
         elif spec.required:
             raise ConditionError(f"{where}: fact {fact!r} needs {name!r}")
-    if fact in {"cancer", "tnm", "age", "performance"} and not params:
+    if fact in {"cancer", "tnm", "age", "performance", "progressed_on"} and not (set(params) - {"missing_ok"}):
         raise ConditionError(f"{where}: fact {fact!r} needs at least one of {', '.join(specs)}")
     text = data.get("text", [])
     if not isinstance(text, list) or not all(isinstance(t, str) and t for t in text):

@@ -22,12 +22,14 @@ from shared.fhir.record import (
     SNOMED,
     BiomarkerResult,
     CancerCondition,
+    DiseaseStatus,
     FhirTime,
     MedicationEvent,
     PatientRecord,
     ProcedureEvent,
     StageAssessment,
 )
+from shared.terminology import terminology
 from shared.therapy_lines import EXCLUDED_STATUSES, CancerFinder, lines_of_therapy
 
 Status = Literal["satisfied", "unsatisfied", "unknown"]
@@ -320,7 +322,8 @@ class PatientFacts:
     def _performance(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
         current = [p for p in self.record.performance if self._current(p.date)]
         if not current:
-            return UNKNOWN, [Evidence(self.record.patient.source or self.cancer.source, "no performance status")]
+            missing: Status = SATISFIED if leaf.get("missing_ok") else UNKNOWN
+            return missing, [Evidence(self.record.patient.source or self.cancer.source, "no performance status")]
         latest = max(current, key=lambda p: (p.date is not None, p.date))
         ecog = latest.value if latest.scale == "ECOG" else _karnofsky_to_ecog(latest.value)
         ev = [Evidence(latest.source, f"{latest.scale} performance status", str(latest.value), _text(latest.date))]
@@ -411,13 +414,55 @@ class PatientFacts:
             return UNSATISFIED, [Evidence(self.cancer.source, "no matching imaging recorded")]
         return SATISFIED, ev[-MAX_EVIDENCE:]
 
-    def _disease_status(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
+    def _progressed_on(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
+        """Satisfied when a progression of this cancer is documented after the first dose of one of
+        the drugs (or drug groups) and no later than ``sensitive_after_days`` after the last dose;
+        closed-world: no documented progression means the patient did not progress on them."""
+        drugs, groups = set(leaf.get("drugs", ())), set(leaf.get("groups", ()))
+        terms = terminology()
+        given = [
+            m
+            for m in self.exposures
+            if drugs & set(m.ingredients)
+            or groups & {drug.group for name in m.ingredients if (drug := terms.drug_by_name(name)) and drug.group}
+        ]
+        if not given:
+            return UNSATISFIED, [Evidence(self.cancer.source, "no exposure to this drug or drug class recorded")]
+        window = leaf.get("sensitive_after_days")
+        first = min(m.start for m in given if m.start is not None)
+        last = max((m.end or m.start) for m in given if m.start is not None)
+        for d in reversed(self._coded_statuses()):
+            status = DISEASE_STATUS_CODES.get(d.code.code)
+            if status not in {"progression", "recurrence"} or d.date is None or d.date < first:
+                continue
+            if window is not None and (d.date.instant - last.instant).days >= window:
+                continue  # a late relapse: still sensitive to the drug (re-challenge is standard)
+            exposure = given[-1]
+            return SATISFIED, [
+                Evidence(
+                    exposure.source,
+                    f"{exposure.drug_class} given",
+                    " + ".join(exposure.ingredients),
+                    _text(exposure.start),
+                ),
+                Evidence(d.source, "disease status", status, _text(d.date)),
+            ]
+        return UNSATISFIED, [
+            Evidence(
+                given[-1].source, "no progression documented since this drug or class", None, _text(given[-1].start)
+            )
+        ]
+
+    def _coded_statuses(self) -> list[DiseaseStatus]:
         mine = [
             d
             for d in self.record.disease_status
             if (d.cancer_source in self.sources or d.cancer_source is None) and self._current(d.date)
         ]
-        known = [(d, DISEASE_STATUS_CODES.get(d.code.code)) for d in mine if d.code.system == SNOMED]
+        return sorted(mine, key=lambda d: (d.date is not None, d.date))
+
+    def _disease_status(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
+        known = [(d, DISEASE_STATUS_CODES.get(d.code.code)) for d in self._coded_statuses() if d.code.system == SNOMED]
         known = [(d, s) for d, s in known if s]
         if not known:
             return UNKNOWN, [Evidence(self.cancer.source, "no coded disease status")]

@@ -17,7 +17,7 @@ done step(s); surveillance only counts evidence after the step before it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Literal
@@ -353,8 +353,16 @@ class PathwayQueries:
         return out
 
     # -- is an order on-pathway ----------------------------------------------------------------------
-    def criteria_for(self, order: Order, record: PatientRecord, exclude: Iterable[str] = ()) -> Criteria:
-        """``exclude``: more sources that are part of this order, not history (a whole line of therapy)."""
+    def criteria_for(
+        self,
+        order: Order,
+        record: PatientRecord,
+        exclude: Iterable[str] = (),
+        also: Callable[[PathwayMatch], Sequence[Condition]] | None = None,
+    ) -> Criteria:
+        """``exclude``: more sources that are part of this order, not history (a whole line of therapy).
+        ``also``: conditions every route of a pathway must meet besides the pathway's own (the
+        necessity rules for systemic therapy: performance status, no progression on the drug)."""
         as_of = order.authored.day if order.authored is not None else None
         keys = order_code_keys(order)
         by_source = record.cancers_by_source()
@@ -370,6 +378,7 @@ class PathwayQueries:
                 record, match.cancer, as_of=as_of, exclude=[order.reference, *exclude], attribution=shared
             )
             sources = self.store.sources(key)
+            extra = [facts.evaluate(c) for c in also(match)] if also is not None else []
             for item in self.store.find_orderables(key, keys):
                 containers = [item] + [
                     n
@@ -378,7 +387,7 @@ class PathwayQueries:
                 ]
                 for orderable in containers:
                     for offer in self.store.edges_to(key, orderable.id, (EdgeKind.BRANCH,)):
-                        alternatives += self._alternatives(match, facts, orderable, offer)
+                        alternatives += self._alternatives(match, facts, orderable, offer, extra)
                     for c in orderable.cites:
                         if c.source in sources:
                             cited[(c.source, c.section)] = (sources[c.source], c.section)
@@ -388,7 +397,7 @@ class PathwayQueries:
         return Criteria(order, tuple(alternatives), tree if alternatives else None, tuple(cited.values()))
 
     def _alternatives(
-        self, match: PathwayMatch, facts: PatientFacts, orderable: Node, offer: Edge
+        self, match: PathwayMatch, facts: PatientFacts, orderable: Node, offer: Edge, extra: list[Evaluation]
     ) -> list[Alternative]:
         key = match.info.key
         step = self.store.node(key, offer.source)
@@ -404,7 +413,7 @@ class PathwayQueries:
                     parts.append(facts.evaluate(branch_condition(edge, siblings, prioritized=True)))
             if not _unconditional(offer):
                 parts.append(facts.evaluate(branch_condition(offer, offers)))
-            parts += self.prerequisites(key, step, facts) + self.prerequisites(key, orderable, facts)
+            parts += self.prerequisites(key, step, facts) + self.prerequisites(key, orderable, facts) + extra
             path = " > ".join(self._title(key, e.target) for e in route) or step.title
             label = f"{match.info.title}: {orderable.title} at {path}"
             out.append(Alternative(match.info, match.cancer, orderable, step, route, combine("all", label, parts)))

@@ -29,7 +29,7 @@ def _status(record, condition: dict, **kw) -> str:  # type: ignore[no-untyped-de
         ({"fact": "age"}, "needs at least one of"),
         ({"all": []}, "non-empty list"),
         ({"any": [{"fact": "sex", "is": "other"}]}, "any[0].is: 'other' is not one of"),
-        ({"fact": "procedure", "codes": [{"system": "cpt", "code": "12345"}]}, "not one of snomed"),
+        ({"fact": "procedure", "codes": [{"system": "local", "code": "12345"}]}, "not one of snomed"),
         ("stage I", "a condition is a mapping"),
         ({"fact": "stage", "in": ["I"], "text": "progression"}, "list of search terms"),
     ],

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,9 @@ from graph.networkx_store import NetworkXPathwayStore
 from graph.queries import PathwayQueries
 from services.medical_necessity.contract import CriterionOut, DeterminationOut
 from services.medical_necessity.engine import assess
-from shared.fhir.ingest import load_path
-from shared.fhir.record import Order, PatientRecord
-from tests.builders import disease_status, give, note, order_for, patient, procedure, service_request
-from tests.conftest import MCODE, requires_data, synthea
+from tests.builders import give, note, order_for, patient
+from tests.conftest import requires_data
+from tests.necessity_specs import build_order, build_record, real_record
 
 HERE = Path(__file__).parent
 CASES: list[dict[str, Any]] = yaml.safe_load((HERE / "data" / "necessity_cases.yaml").read_text(encoding="utf-8"))
@@ -40,45 +38,6 @@ FHIR_REFERENCE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}(#\S+)?$")
 @pytest.fixture(scope="module")
 def queries() -> PathwayQueries:
     return PathwayQueries(NetworkXPathwayStore.load())
-
-
-# -- building a case ----------------------------------------------------------------------------
-@cache
-def _real(where: str) -> PatientRecord:
-    kind, _, name = where.partition("/")
-    path = {"synthea": lambda: synthea(name), "mcode": lambda: MCODE, "twins": lambda: TWINS / f"{name}.json"}[kind]()
-    (record,) = [r for r in load_path(path).records if r.cancers]
-    return record
-
-
-def _record(spec: dict[str, Any]) -> PatientRecord:
-    if "file" in spec:
-        return _real(spec["file"])
-    args = dict(spec["patient"])
-    cancer = args.pop("cancer")
-    for name in ("born", "onset"):
-        if name in args:
-            args[name] = str(args[name])
-    if "tnm" in args:
-        args["tnm"] = tuple(args["tnm"])
-    record = patient(cancer, **args)
-    for given in spec.get("given", ()):
-        give(record, *given["drugs"], on=str(given["date"]))
-    for p in spec.get("procedures", ()):
-        procedure(record, str(p["code"]), p["display"], p["category"], str(p["date"]))
-    for s in spec.get("status", ()):
-        disease_status(record, s["status"], str(s["date"]))
-    for n in spec.get("notes", ()):
-        note(record, n["text"], str(n["date"]))
-    return record
-
-
-def _order(spec: dict[str, Any], record: PatientRecord) -> Order:
-    if "reference" in spec:
-        return next(o for o in record.orders if o.reference == spec["reference"])
-    if "test" in spec:
-        return service_request(str(spec["test"]["code"]), spec["test"]["display"], on=str(spec["date"]))
-    return order_for(spec["drug"], on=str(spec["date"]))
 
 
 def _params() -> Iterator[Any]:
@@ -106,8 +65,8 @@ def _deciding_leaf(best: CriterionOut, label: str, determination: str) -> Criter
 
 
 def _assess(case: dict[str, Any], queries: PathwayQueries) -> DeterminationOut:
-    record = _record(case["record"])
-    out = assess(record, queries, [_order(case["order"], record)])
+    record = build_record(case["record"])
+    out = assess(record, queries, [build_order(case["order"], record)])
     (determination,) = out.determinations
     return determination
 
@@ -185,7 +144,7 @@ def test_necessity_case(case: dict[str, Any], queries: PathwayQueries) -> None:
 @requires_data
 def test_sherman_orders_under_review_are_the_oncology_ones(queries: PathwayQueries) -> None:
     """Without a chosen order, every draft/active oncology order is reviewed, nothing else."""
-    record = _real("synthea/Sherman")
+    record = real_record("synthea/Sherman")
     out = assess(record, queries)
     got = {d.order.reference: d for d in out.determinations}
     assert set(got) == {

@@ -6,8 +6,11 @@ Leaves still *unknown* that name free-text terms (``text:`` in the pathway file)
 relevant note/report passages and go to a judge (an LLM jury, or nobody: ``needs-review``).
 
 Determination, from the best alternative (satisfied, else unknown, else the closest miss):
-``meets`` / ``insufficient-documentation`` / ``does-not-meet``; ``not-on-any-pathway`` when no
-pathway that applies to the patient's cancers offers the item at all.
+``meets`` / ``insufficient-documentation`` / ``does-not-meet``. An item that the pathways of the
+patient's cancers do not offer is ``does-not-meet`` (not on the pathway for this cancer, with the
+scope's reason); a drug no one can identify is ``insufficient-documentation``; only a patient with
+no cancer that any pathway covers gets ``not-on-any-pathway``. Systemic therapy also needs no
+documented ECOG 3-4 and no documented progression on the same drug or class (``rules.yaml``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from services.medical_necessity.contract import (
 )
 from services.medical_necessity.judge import Judge, Judgement, NoJudge
 from services.medical_necessity.passages import Passage, passages_of, relevant
+from services.medical_necessity.rules import rules, scopes
 from shared.contract import CodeOut, IssueOut
 from shared.errors import UnprocessableInput
 from shared.fhir.record import FhirTime, Order, PatientRecord
@@ -94,7 +98,10 @@ def assess(
 def _determine(
     record: PatientRecord, queries: PathwayQueries, order: Order, judge: Judge, texts: list[Passage]
 ) -> DeterminationOut:
-    criteria = queries.criteria_for(order, record)
+    systemic_rules = rules()
+    criteria = queries.criteria_for(
+        order, record, also=lambda match: systemic_rules.systemic(match.info.id, order.ingredients)
+    )
     if order.authored is not None:
         # The coded facts are read as of the order date; so is the free text (a later note is no support).
         day = order.authored.day
@@ -119,9 +126,11 @@ def _determine(
     # Only an undecided determination can turn on what a reviewer finds in the notes.
     needs_review = status == UNKNOWN and any(j.verdict == "needs-review" for j in used)
     decided_by_judge = [j for j in used if j.verdict != "needs-review"]
-    confidence = min([0.95, *(0.9 * j.confidence for j in decided_by_judge)])
+    # Confidence in the determination itself: coded facts that decide it are strong; a missing fact
+    # is a weak answer by nature (documentation may exist elsewhere); a person reading notes, weaker.
+    confidence = min([0.95 if status != UNKNOWN else 0.6, *(0.9 * j.confidence for j in decided_by_judge)])
     if status == UNKNOWN and needs_review:
-        confidence = 0.5  # a person may find it in the notes
+        confidence = 0.5
     ordered = sorted(alternatives, key=_rank)[:MAX_ALTERNATIVES]
     tree = combine("any", criteria.tree.label, (a.evaluation for a in ordered))
     citations = _citations(queries, best, criteria)
@@ -142,25 +151,74 @@ def _determine(
 def _not_on_pathway(
     record: PatientRecord, queries: PathwayQueries, order: Order, order_out: OrderOut
 ) -> DeterminationOut:
+    """The item is on no route of the pathways that apply: outside this cancer's pathway
+    (does-not-meet, with the scope's reason), unidentifiable (insufficient-documentation), or the
+    patient has no cancer any pathway covers (not-on-any-pathway)."""
     matches = queries.pathways_for(record, order.authored.day if order.authored else None)
-    names = sorted({m.info.title for m in matches})
     what = order.code.display or order.code.code or order.reference
-    if names:
-        # Say whether the item is on some *other* cancer's pathway: that is often the real mistake.
-        elsewhere = [i.title for i in queries.active if queries.store.find_orderables(i.key, order_code_keys(order))]
-        why = f"{what} is not an option of the {', '.join(names)} pathway(s) that apply to this patient"
-        if elsewhere:
-            why += f"; it appears on the {', '.join(sorted(set(elsewhere)))} pathway(s)"
-    else:
-        why = f"no pathway applies to this patient's cancers, so {what} cannot be checked"
+    if not matches:
+        return _outside(
+            order_out,
+            "not-on-any-pathway",
+            None,
+            f"no pathway applies to this patient's cancers, so {what} cannot be checked",
+            confidence=0.5,
+            needs_review=True,
+        )
+    first = matches[0].info
+    names = ", ".join(sorted({m.info.title for m in matches}))
+    if order.reference.startswith("MedicationRequest/") and not order.ingredients:
+        return _outside(
+            order_out,
+            "insufficient-documentation",
+            first.key,
+            f"the ordered drug ({what}) could not be identified from its codes or name, so it cannot be "
+            f"checked against the {names} pathway",
+            deciding=["the ordered drug is identified (RxNorm code or a known drug name)"],
+            confidence=0.5,
+            needs_review=True,
+        )
+    keys = order_code_keys(order)
+    found = [
+        (m.info, reason)
+        for m in matches
+        if (scope := scopes().get(m.info.id)) and (reason := scope.reason_for(keys, order.ingredients))
+    ]
+    why = f"{what} is not an option of the {names} pathway for this patient's cancer"
+    if found:
+        why += f": {found[0][1].reason}"
+    # Say whether the item is on some *other* cancer's pathway: that is often the real mistake.
+    elsewhere = sorted({i.title for i in queries.active if queries.store.find_orderables(i.key, keys)})
+    if elsewhere:
+        why += f" (it appears on the {', '.join(elsewhere)} pathway)"
+    return _outside(
+        order_out,
+        "does-not-meet",
+        (found[0][0] if found else first).key,
+        why,
+        deciding=[f"on the {names} pathway"],
+        confidence=0.9,
+    )
+
+
+def _outside(
+    order_out: OrderOut,
+    determination: Determination,
+    pathway: str | None,
+    why: str,
+    *,
+    deciding: list[str] | None = None,
+    confidence: float,
+    needs_review: bool = False,
+) -> DeterminationOut:
     return DeterminationOut(
         order=order_out,
-        determination="not-on-any-pathway",
-        confidence=0.9 if names else 0.5,
-        needs_review=not names,
-        pathway=None,
+        determination=determination,
+        confidence=confidence,
+        needs_review=needs_review,
+        pathway=pathway,
         option=None,
-        deciding=[],
+        deciding=deciding or [],
         criteria=None,
         rationale=why + ". Demonstration content; a clinician decides.",
         citations=[],

@@ -1,0 +1,112 @@
+"""Determination rules as data: what every systemic-therapy route must also meet, and what each
+pathway covers (``rules.yaml``, ``scope/*.yaml``). Validated with pydantic at first use, so a bad
+file fails naming the field, never at decision time."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from graph.conditions import Condition, Leaf, Not, parse_code
+from graph.model import Code
+from shared.terminology import terminology
+
+HERE = Path(__file__).parent
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Performance(_Strict):
+    ecog_max: int = Field(ge=0, le=4)
+    label: str
+
+
+class GroupRule(_Strict):
+    group: str
+    pathways: tuple[str, ...]
+    days: int | None = Field(default=None, gt=0)
+
+
+class Retreatment(_Strict):
+    label: str
+    continue_through_progression: tuple[GroupRule, ...] = ()
+    sensitive_after_days: tuple[GroupRule, ...] = ()
+
+
+class Rules(_Strict):
+    provenance: dict[str, object]
+    performance: Performance
+    retreatment: Retreatment
+
+    def systemic(self, pathway: str, ingredients: tuple[str, ...]) -> list[Condition]:
+        """What a route for these drugs must also meet on this pathway."""
+        terms = terminology()
+        drugs = [d for name in ingredients if (d := terms.drug_by_name(name)) and d.drug_class != "supportive"]
+        if not drugs:
+            return []
+        out: list[Condition] = [
+            Leaf(
+                "performance", {"ecog_max": self.performance.ecog_max, "missing_ok": True}, label=self.performance.label
+            )
+        ]
+        through = {r.group for r in self.retreatment.continue_through_progression if pathway in r.pathways}
+        for drug in drugs:
+            if drug.group in through:
+                continue
+            params: dict[str, object] = {"drugs": (drug.name,)}
+            if drug.group:
+                params["groups"] = (drug.group,)
+            days = [
+                r.days for r in self.retreatment.sensitive_after_days if drug.group == r.group and pathway in r.pathways
+            ]
+            if days and days[0] is not None:
+                params["sensitive_after_days"] = days[0]
+            what = f"{drug.name}" + (f" or another {drug.group}" if drug.group else "")
+            out.append(Not(Leaf("progressed_on", params, label=f"progression on {what}"), label=self.retreatment.label))
+        return out
+
+
+class NotCovered(_Strict):
+    title: str
+    reason: str
+    codes: tuple[dict[str, str], ...] = ()
+    drugs: tuple[str, ...] = ()
+    source: str | None = None
+
+    def code_keys(self) -> set[str]:
+        return {f"{c.system}|{c.code}" for c in self.parsed_codes()}
+
+    def parsed_codes(self) -> list[Code]:
+        return [parse_code(c, f"not_covered[{self.title}].codes") for c in self.codes]
+
+
+class Scope(_Strict):
+    pathway: str
+    covers: str
+    not_covered: tuple[NotCovered, ...] = ()
+
+    def reason_for(self, code_keys: set[str], ingredients: tuple[str, ...]) -> NotCovered | None:
+        for item in self.not_covered:
+            if item.code_keys() & code_keys or set(item.drugs) & set(ingredients):
+                return item
+        return None
+
+
+@cache
+def rules() -> Rules:
+    return Rules.model_validate(yaml.safe_load((HERE / "rules.yaml").read_text(encoding="utf-8")))
+
+
+@cache
+def scopes() -> dict[str, Scope]:
+    """Each pathway's scope (``scope/<pathway>.yaml``), by pathway id."""
+    out: dict[str, Scope] = {}
+    for path in sorted((HERE / "scope").glob("*.yaml")):
+        scope = Scope.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        out[scope.pathway] = scope
+    return out
