@@ -29,6 +29,7 @@ CANCER_CODES = {
     "prostate": Code(SNOMED, "399068003", "Malignant tumor of prostate"),
     "breast": Code(SNOMED, "254837009", "Malignant neoplasm of breast"),
     "lung": Code(SNOMED, "363358000", "Malignant tumor of lung"),
+    "rectum": Code(SNOMED, "363351006", "Malignant tumor of rectum"),
 }
 
 

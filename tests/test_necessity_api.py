@@ -192,10 +192,12 @@ def test_insufficient_as_fhir_names_the_missing_data(client, nec):
 def test_drug_of_another_cancers_pathway(client, nec):
     body = post(client, nec, egfr_bundle(drug=("752899", "leuprolide"))).get_json()
     (d,) = body["determinations"]
-    assert d["determination"] == "not-on-any-pathway" and "Prostate cancer" in d["rationale"]
+    # the patient's NSCLC has a pathway that does not offer leuprolide: does-not-meet, saying where it is
+    assert d["determination"] == "does-not-meet" and "Prostate cancer" in d["rationale"]
+    assert d["deciding"] == ["on the Non-small cell lung cancer pathway"] and d["pathway"].startswith("nsclc@")
     bundle = validated(post(client, nec, egfr_bundle(drug=("752899", "leuprolide")), "?format=fhir"))
     (response,) = resources(bundle, "GuidanceResponse")
-    assert response["status"] == "success" and "moduleCodeableConcept" in response
+    assert response["status"] == "success" and response["moduleCanonical"].startswith(NSCLC.split("|")[0])
 
 
 def test_no_pathway_applies_is_a_failure(client, nec):
