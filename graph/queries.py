@@ -358,11 +358,11 @@ class PathwayQueries:
         order: Order,
         record: PatientRecord,
         exclude: Iterable[str] = (),
-        also: Callable[[PathwayMatch], Sequence[Condition]] | None = None,
+        also: Callable[[PathwayMatch, bool], Sequence[Condition]] | None = None,
     ) -> Criteria:
         """``exclude``: more sources that are part of this order, not history (a whole line of therapy).
-        ``also``: conditions every route of a pathway must meet besides the pathway's own (the
-        necessity rules for systemic therapy: performance status, no progression on the drug)."""
+        ``also``: conditions every route must meet besides the pathway's own (the necessity rules for
+        systemic therapy), given the match and whether the route itself speaks of prior therapy."""
         as_of = order.authored.day if order.authored is not None else None
         keys = order_code_keys(order)
         by_source = record.cancers_by_source()
@@ -378,7 +378,6 @@ class PathwayQueries:
                 record, match.cancer, as_of=as_of, exclude=[order.reference, *exclude], attribution=shared
             )
             sources = self.store.sources(key)
-            extra = [facts.evaluate(c) for c in also(match)] if also is not None else []
             for item in self.store.find_orderables(key, keys):
                 containers = [item] + [
                     n
@@ -387,7 +386,7 @@ class PathwayQueries:
                 ]
                 for orderable in containers:
                     for offer in self.store.edges_to(key, orderable.id, (EdgeKind.BRANCH,)):
-                        alternatives += self._alternatives(match, facts, orderable, offer, extra)
+                        alternatives += self._alternatives(match, facts, orderable, offer, also)
                     for c in orderable.cites:
                         if c.source in sources:
                             cited[(c.source, c.section)] = (sources[c.source], c.section)
@@ -397,7 +396,12 @@ class PathwayQueries:
         return Criteria(order, tuple(alternatives), tree if alternatives else None, tuple(cited.values()))
 
     def _alternatives(
-        self, match: PathwayMatch, facts: PatientFacts, orderable: Node, offer: Edge, extra: list[Evaluation]
+        self,
+        match: PathwayMatch,
+        facts: PatientFacts,
+        orderable: Node,
+        offer: Edge,
+        also: Callable[[PathwayMatch, bool], Sequence[Condition]] | None = None,
     ) -> list[Alternative]:
         key = match.info.key
         step = self.store.node(key, offer.source)
@@ -413,7 +417,10 @@ class PathwayQueries:
                     parts.append(facts.evaluate(branch_condition(edge, siblings, prioritized=True)))
             if not _unconditional(offer):
                 parts.append(facts.evaluate(branch_condition(offer, offers)))
-            parts += self.prerequisites(key, step, facts) + self.prerequisites(key, orderable, facts) + extra
+            parts += self.prerequisites(key, step, facts) + self.prerequisites(key, orderable, facts)
+            if also is not None:
+                sequenced = any(_mentions(p, {"therapy", "progressed_on"}) for p in parts)
+                parts += [facts.evaluate(c) for c in also(match, sequenced)]
             path = " > ".join(self._title(key, e.target) for e in route) or step.title
             label = f"{match.info.title}: {orderable.title} at {path}"
             out.append(Alternative(match.info, match.cancer, orderable, step, route, combine("all", label, parts)))
@@ -461,6 +468,13 @@ def _unconditional(edge: Edge) -> bool:
 
 def _always(edge: Edge) -> Evaluation:
     return Evaluation(SATISFIED, edge.label or "always offered", fact="always")
+
+
+def _mentions(evaluation: Evaluation, facts: set[str]) -> bool:
+    """Does a condition's tree read one of these facts (a route that speaks of prior therapy)?"""
+    if evaluation.op == "leaf":
+        return evaluation.fact in facts
+    return any(_mentions(c, facts) for c in evaluation.children)
 
 
 def _unknown_leaves(evaluation: Evaluation) -> list[Evaluation]:

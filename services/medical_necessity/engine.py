@@ -100,7 +100,9 @@ def _determine(
 ) -> DeterminationOut:
     systemic_rules = rules()
     criteria = queries.criteria_for(
-        order, record, also=lambda match: systemic_rules.systemic(match.info.id, order.ingredients)
+        order,
+        record,
+        also=lambda match, sequenced: systemic_rules.systemic(match.info.id, order.ingredients, sequenced),
     )
     if order.authored is not None:
         # The coded facts are read as of the order date; so is the free text (a later note is no support).

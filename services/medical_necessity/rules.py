@@ -43,8 +43,11 @@ class Rules(_Strict):
     performance: Performance
     retreatment: Retreatment
 
-    def systemic(self, pathway: str, ingredients: tuple[str, ...]) -> list[Condition]:
-        """What a route for these drugs must also meet on this pathway."""
+    def systemic(self, pathway: str, ingredients: tuple[str, ...], sequenced: bool = False) -> list[Condition]:
+        """What a route for these drugs must also meet on this pathway. Progression on the same drug
+        always rules out re-treatment; progression on another drug of its group only when the route
+        does not itself say which prior therapy it follows (``sequenced``: lorlatinib after
+        alectinib, cabazitaxel after docetaxel are later-line options by design)."""
         terms = terminology()
         drugs = [d for name in ingredients if (d := terms.drug_by_name(name)) and d.drug_class != "supportive"]
         if not drugs:
@@ -59,14 +62,15 @@ class Rules(_Strict):
             if drug.group in through:
                 continue
             params: dict[str, object] = {"drugs": (drug.name,)}
-            if drug.group:
+            by_group = bool(drug.group) and not sequenced
+            if by_group:
                 params["groups"] = (drug.group,)
             days = [
                 r.days for r in self.retreatment.sensitive_after_days if drug.group == r.group and pathway in r.pathways
             ]
             if days and days[0] is not None:
                 params["sensitive_after_days"] = days[0]
-            what = f"{drug.name}" + (f" or another {drug.group}" if drug.group else "")
+            what = f"{drug.name}" + (f" or another {drug.group}" if by_group else "")
             out.append(Not(Leaf("progressed_on", params, label=f"progression on {what}"), label=self.retreatment.label))
         return out
 

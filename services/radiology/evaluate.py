@@ -193,11 +193,11 @@ def format_tables(comparison: Comparison) -> str:
             f" | {model.micro_precision:>8.3f}{model.micro_recall:>7.3f}{model.micro_f1:>7.3f}{extra}"
         )
         extra = f" | {'':>15}{llm.macro_f1:>7.3f}" if llm else ""
+        lines.append(f"{'macro F1':<20}{'':>8} | {'':>14}{weak.macro_f1:>7.3f} | {'':>15}{model.macro_f1:>7.3f}{extra}")
         lines.append(
-            f"{'macro F1':<20}{'':>8} | {'':>14}{weak.macro_f1:>7.3f} | {'':>15}{model.macro_f1:>7.3f}{extra}"
+            f"micro-F1 model - weak: {model.micro_f1 - weak.micro_f1:+.4f} (weak {_counts(weak)}; "
+            f"model {_counts(model)})"
         )
-        lines.append(f"micro-F1 model - weak: {model.micro_f1 - weak.micro_f1:+.4f} (weak {_counts(weak)}; "
-                     f"model {_counts(model)})")
         lines.append("")
     if comparison.llm is not None and comparison.llm_missing:
         lines.append(f"note: {comparison.llm_missing} report(s) have no LLM prediction (scored as predicting nothing)")

@@ -175,9 +175,7 @@ def _scoped_tokens(doc: Doc, scopes: Sequence[tuple[int, int, str]]) -> tuple[st
         for i in range(begin, min(end, len(doc))):
             if mark == "neg_" or (mark and not prefix[i]):
                 prefix[i] = mark
-    return tuple(
-        "." if token.is_punct else prefix[token.i] + token.lower_ for token in doc if not token.is_space
-    )
+    return tuple("." if token.is_punct else prefix[token.i] + token.lower_ for token in doc if not token.is_space)
 
 
 @lru_cache(maxsize=1)

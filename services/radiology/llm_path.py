@@ -294,9 +294,7 @@ def score(
 
 
 # -- predictions file (what ``oncotwin radiology eval --predictions`` scores) ----------------------------
-def write_predictions(
-    reports: Sequence[Report], results: Sequence[Sequence[Finding]], out_jsonl: str | Path
-) -> int:
+def write_predictions(reports: Sequence[Report], results: Sequence[Sequence[Finding]], out_jsonl: str | Path) -> int:
     """One ``{"uid", "labels"}`` JSON line per report (``labels``: the answer's classes, ``["normal"]`` for a
     Normal answer, ``[]`` when nothing was recognisable), aligned with ``classify_with_llm``'s output."""
     if len(reports) != len(results):

@@ -55,9 +55,33 @@ _TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?|[.;:!?]|\d+")
 _CLAUSE_END = {".", ";", ":", "!", "?", "but", "however", "although", "which", "except", "though"}
 _NEG_CUES = {"no", "without", "not", "negative", "free", "absent", "resolved", "resolution", "clear", "nor", "none"}
 _NEG_BIGRAMS = {("rule", "out"), ("ruled", "out"), ("no", "evidence"), ("has", "resolved")}
-_UNC_CUES = {"may", "might", "possible", "possibly", "probable", "probably", "likely", "suspicious", "questionable",
-             "suggest", "suggests", "suggestive", "versus", "vs", "concerning", "could", "cannot", "differential",
-             "suspected", "borderline", "equivocal", "favor", "favored", "represent", "question"}
+_UNC_CUES = {
+    "may",
+    "might",
+    "possible",
+    "possibly",
+    "probable",
+    "probably",
+    "likely",
+    "suspicious",
+    "questionable",
+    "suggest",
+    "suggests",
+    "suggestive",
+    "versus",
+    "vs",
+    "concerning",
+    "could",
+    "cannot",
+    "differential",
+    "suspected",
+    "borderline",
+    "equivocal",
+    "favor",
+    "favored",
+    "represent",
+    "question",
+}
 
 
 def tokens(text: str) -> list[str]:
@@ -256,8 +280,12 @@ class RadiologyModel:
         np.save(directory / "bias.npy", self.bias.astype(np.float32), allow_pickle=False)
         ordered = sorted(self.vocab, key=self.vocab.__getitem__)
         (directory / "vocab.json").write_text(json.dumps(ordered), encoding="utf-8")
-        meta = {**self.metadata, "format_version": FORMAT_VERSION, "classes": list(self.classes),
-                "thresholds": {c: round(float(t), 4) for c, t in zip(self.classes, self.thresholds, strict=True)}}
+        meta = {
+            **self.metadata,
+            "format_version": FORMAT_VERSION,
+            "classes": list(self.classes),
+            "thresholds": {c: round(float(t), 4) for c, t in zip(self.classes, self.thresholds, strict=True)},
+        }
         (directory / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
         return directory
 
@@ -271,8 +299,12 @@ class RadiologyModel:
         bias = np.load(directory / "bias.npy", allow_pickle=False)
         classes = tuple(meta["classes"])
         thresholds = meta.get("thresholds")
-        if (weights.shape != (len(vocab_list), len(classes)) or bias.shape != (len(classes),)
-                or not isinstance(thresholds, dict) or set(thresholds) != set(classes)):
+        if (
+            weights.shape != (len(vocab_list), len(classes))
+            or bias.shape != (len(classes),)
+            or not isinstance(thresholds, dict)
+            or set(thresholds) != set(classes)
+        ):
             raise ValueError("model artifact weights do not match its vocabulary/classes")
         per_class = np.array([float(thresholds[c]) for c in classes], dtype=np.float32)
         return cls(classes, {f: i for i, f in enumerate(vocab_list)}, weights, bias, meta, per_class)
@@ -309,8 +341,9 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
 
 
-def _fit_weights(design: Design, y: np.ndarray, evidence_rows: np.ndarray, config: TrainConfig
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _fit_weights(
+    design: Design, y: np.ndarray, evidence_rows: np.ndarray, config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
     n, k = y.shape
     weights = np.zeros((design.n_features, k), dtype=np.float32)
     prior = np.clip(y.mean(axis=0), 1e-3, 1 - 1e-3) if n else np.full(k, 0.5)
@@ -335,8 +368,9 @@ def _fit_weights(design: Design, y: np.ndarray, evidence_rows: np.ndarray, confi
     return weights, bias
 
 
-def _fit_once(reports: Sequence[Report], labelled: Sequence[Labelled], y: np.ndarray, classes: Sequence[str],
-              config: TrainConfig) -> RadiologyModel:
+def _fit_once(
+    reports: Sequence[Report], labelled: Sequence[Labelled], y: np.ndarray, classes: Sequence[str], config: TrainConfig
+) -> RadiologyModel:
     rows = [features(r, x) for r, x in zip(reports, labelled, strict=True)]
     df: Counter[str] = Counter()
     for row in rows:
@@ -370,8 +404,13 @@ def _best_thresholds(proba: np.ndarray, y: np.ndarray, fallback: float) -> np.nd
     return out
 
 
-def fit(reports: Sequence[Report], targets: np.ndarray, classes: Sequence[str], labelled: Sequence[Labelled],
-        config: TrainConfig = TrainConfig()) -> RadiologyModel:
+def fit(
+    reports: Sequence[Report],
+    targets: np.ndarray,
+    classes: Sequence[str],
+    labelled: Sequence[Labelled],
+    config: TrainConfig = TrainConfig(),
+) -> RadiologyModel:
     """Fit the classifier on (reports, 0/1 targets). Targets must come from the weak labeler; ``labelled`` is
     that labeler's output for ``reports`` (its reading gives the features)."""
     if len(reports) != targets.shape[0] or targets.shape[1] != len(classes):

@@ -73,8 +73,9 @@ def default_labeler() -> WeakLabeler:
     return weak_read_many
 
 
-def train(csv_path: Path, schema: str = "openi", labeler: WeakLabeler | None = None,
-          uncertain_positive: bool | None = None) -> RadiologyModel:
+def train(
+    csv_path: Path, schema: str = "openi", labeler: WeakLabeler | None = None, uncertain_positive: bool | None = None
+) -> RadiologyModel:
     """Train on the reports of ``csv_path`` with weak labels (no human labels are read)."""
     from services.radiology.labeler import load_reports
 
@@ -84,8 +85,9 @@ def train(csv_path: Path, schema: str = "openi", labeler: WeakLabeler | None = N
         "training_data": {"path": csv_path.name, "sha256": sha256_file(csv_path)},
         "weak_labels": {"source": source, "rules_version": rules_version()},
     }
-    return train_from_reports(load_reports(csv_path), labeler, schema, metadata=metadata,
-                              uncertain_positive=uncertain_positive)
+    return train_from_reports(
+        load_reports(csv_path), labeler, schema, metadata=metadata, uncertain_positive=uncertain_positive
+    )
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,13 @@ def finding_json(finding: Finding) -> dict[str, Any]:
         "label": finding.label,
         "status": finding.status,
         "probability": None if finding.probability is None else round(float(finding.probability), 4),
-        "evidence": None if evidence is None else {
-            "section": evidence.section, "start": evidence.start, "end": evidence.end, "text": evidence.text,
+        "evidence": None
+        if evidence is None
+        else {
+            "section": evidence.section,
+            "start": evidence.start,
+            "end": evidence.end,
+            "text": evidence.text,
         },
     }
 
@@ -229,8 +236,14 @@ def default_engine(data_dir: Path) -> RadiologyEngine:
 # ---- inputs: plain text, sections, or a FHIR DiagnosticReport -> Report ------------------------------
 
 _HEADER = re.compile(r"(?im)^[ \t]*(findings|impression|indication|conclusion|history|clinical history)[ \t]*:[ \t]*")
-_SECTION_OF = {"findings": "findings", "impression": "impression", "conclusion": "impression",
-               "indication": "indication", "history": "indication", "clinical history": "indication"}
+_SECTION_OF = {
+    "findings": "findings",
+    "impression": "impression",
+    "conclusion": "impression",
+    "indication": "indication",
+    "history": "indication",
+    "clinical history": "indication",
+}
 MAX_TEXT_CHARS = 100_000
 
 
@@ -244,7 +257,7 @@ def report_from_text(text: str, uid: str) -> Report:
         parts["findings"].append(head.strip())
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        body = text[match.end():end].strip()
+        body = text[match.end() : end].strip()
         if body:
             parts[_SECTION_OF[match.group(1).lower()]].append(body)
     return Report(uid, *(" ".join(parts[k]) for k in ("findings", "impression", "indication")))
@@ -282,8 +295,9 @@ def _diagnostic_report(obj: dict[str, Any], uid: str, where: str) -> Report:
         impression = f"{report.impression} {conclusion}".strip() if report.impression != conclusion else conclusion
         report = Report(uid, report.findings, impression, report.indication)
     if not (report.findings or report.impression):
-        raise InvalidInput(f"{where}DiagnosticReport has no conclusion and no text/plain presentedForm",
-                           issue_code="required")
+        raise InvalidInput(
+            f"{where}DiagnosticReport has no conclusion and no text/plain presentedForm", issue_code="required"
+        )
     return report
 
 

@@ -163,10 +163,16 @@ class Row:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "method": self.method, "width": self.width, "requests": self.requests, "tokens": self.tokens,
-            "target_passes": self.target_passes, "reported_target_passes": self.reported_passes,
-            "draft_passes": self.draft_passes, "target_passes_per_token": round(self.passes_per_token, 4),
-            "ms_per_request": round(self.ms_per_request, 2), "ms_per_token": round(self.ms_per_token, 3),
+            "method": self.method,
+            "width": self.width,
+            "requests": self.requests,
+            "tokens": self.tokens,
+            "target_passes": self.target_passes,
+            "reported_target_passes": self.reported_passes,
+            "draft_passes": self.draft_passes,
+            "target_passes_per_token": round(self.passes_per_token, 4),
+            "ms_per_request": round(self.ms_per_request, 2),
+            "ms_per_token": round(self.ms_per_token, 3),
             "acceptance_rate": round(self.accepted / self.proposed, 4) if self.proposed else None,
             "mean_width": round(statistics.fmean(self.widths), 3) if self.widths else None,
             "tokens_per_iteration": round(self.tokens / self.iterations, 3) if self.iterations else None,
@@ -181,8 +187,13 @@ class Row:
 
 
 def run_method(
-    row: Row, prompts: list[list[int]], decode: Callable[[list[int], int], Any], counter: PassCounter,
-    draft_counter: PassCounter, reset: Callable[[], None], seed: int,
+    row: Row,
+    prompts: list[list[int]],
+    decode: Callable[[list[int], int], Any],
+    counter: PassCounter,
+    draft_counter: PassCounter,
+    reset: Callable[[], None],
+    seed: int,
 ) -> Row:
     for i, prompt in enumerate(prompts):
         reset()  # every request pays its own prefill, as separate requests to a server do
@@ -232,8 +243,13 @@ def machine() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -262,12 +278,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gamma", type=int, default=DSBDParams.gamma)
     parser.add_argument("--threshold", type=float, default=DSBDParams.threshold)
     parser.add_argument("--max-width", type=int, default=None, help="widest draft layer (default: W)")
-    parser.add_argument("--methods", nargs="+", default=["dsbd", "beam", "per-beam"],
-                        choices=["dsbd", "beam", "per-beam"])
+    parser.add_argument(
+        "--methods", nargs="+", default=["dsbd", "beam", "per-beam"], choices=["dsbd", "beam", "per-beam"]
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1: decode steps are a few tokens wide, where more threads only "
-                             "add synchronisation; 0: all cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: decode steps are a few tokens wide, where more threads only "
+        "add synchronisation; 0: all cores)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
@@ -308,8 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     dsbd = DSBDParams(gamma=args.gamma, threshold=args.threshold, max_width=args.max_width)
     rows: list[Row] = []
     for width in args.widths:
-        params = BeamParams(width=width, max_tokens=args.max_tokens, temperature=args.temperature,
-                            eos_token_id=tokenizer.eos_token_id)
+        params = BeamParams(
+            width=width, max_tokens=args.max_tokens, temperature=args.temperature, eos_token_id=tokenizer.eos_token_id
+        )
         for method in args.methods:
 
             def decode(prompt: list[int], seed: int, method: str = method, params: BeamParams = params) -> Any:
@@ -321,8 +343,12 @@ def main(argv: list[str] | None = None) -> int:
             row = run_method(Row(method, width), prompts, decode, counter, draft_counter, reset_all, args.seed)
             rows.append(row)
             d = row.as_dict()
-            print(f"  W={width} {method:9s} {d['target_passes_per_token']:.3f} passes/token "
-                  f"{d['ms_per_request']:.0f} ms/request {d['ms_per_token']:.2f} ms/token", file=sys.stderr, flush=True)
+            print(
+                f"  W={width} {method:9s} {d['target_passes_per_token']:.3f} passes/token "
+                f"{d['ms_per_request']:.0f} ms/request {d['ms_per_token']:.2f} ms/token",
+                file=sys.stderr,
+                flush=True,
+            )
 
     report = summarise(rows, args, meta)
     print_report(report)
@@ -344,8 +370,20 @@ def summarise(rows: list[Row], args: argparse.Namespace, meta: dict[str, Any]) -
     return {
         "machine": machine(),
         "device": args.device,
-        "settings": {k: getattr(args, k) for k in ("prompts", "prompt_tokens", "max_tokens", "temperature", "gamma",
-                                                     "threshold", "max_width", "seed", "widths")},
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                "prompts",
+                "prompt_tokens",
+                "max_tokens",
+                "temperature",
+                "gamma",
+                "threshold",
+                "max_width",
+                "seed",
+                "widths",
+            )
+        },
         "models": {k: meta.get(k) for k in ("param_ratio", "top1_agreement", "acceptance_rate")}
         | {name: (meta.get("models") or {}).get(name, {}).get("params") for name in ("target", "draft")},
         "rows": [r.as_dict() for r in rows],
@@ -355,14 +393,20 @@ def summarise(rows: list[Row], args: argparse.Namespace, meta: dict[str, Any]) -
 
 def print_report(report: dict[str, Any]) -> None:
     m = report["machine"]
-    print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
-          f"device {report['device']}{', ' + m['gpu'] if 'gpu' in m else ''}")
+    print(
+        f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+        f"device {report['device']}{', ' + m['gpu'] if 'gpu' in m else ''}"
+    )
     s = report["settings"]
-    print(f"{s['prompts']} held-out prompts of {s['prompt_tokens']} tokens, max_tokens {s['max_tokens']}, "
-          f"temperature {s['temperature']}, gamma {s['gamma']}, threshold {s['threshold']}, "
-          f"max_width {s['max_width'] or 'W'}")
-    header = (f"| {'method':9s} | W | target passes/token | reported | draft passes | ms/request | ms/token "
-              f"| acceptance | mean width | tokens/iter |")
+    print(
+        f"{s['prompts']} held-out prompts of {s['prompt_tokens']} tokens, max_tokens {s['max_tokens']}, "
+        f"temperature {s['temperature']}, gamma {s['gamma']}, threshold {s['threshold']}, "
+        f"max_width {s['max_width'] or 'W'}"
+    )
+    header = (
+        f"| {'method':9s} | W | target passes/token | reported | draft passes | ms/request | ms/token "
+        f"| acceptance | mean width | tokens/iter |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in report["rows"]:
@@ -370,20 +414,26 @@ def print_report(report: dict[str, Any]) -> None:
         acc = f"{r['acceptance_rate']:.3f}" if r["acceptance_rate"] is not None else "-"
         width = f"{r['mean_width']:.2f}" if r["mean_width"] is not None else "-"
         tpi = f"{r['tokens_per_iteration']:.2f}" if r["tokens_per_iteration"] is not None else "-"
-        print(f"| {r['method']:9s} | {r['width']} | {r['target_passes_per_token']:19.3f} | {reported:8.3f} "
-              f"| {r['draft_passes']:12d} | {r['ms_per_request']:10.1f} | {r['ms_per_token']:8.2f} "
-              f"| {acc:>10s} | {width:>10s} | {tpi:>11s} |")
+        print(
+            f"| {r['method']:9s} | {r['width']} | {r['target_passes_per_token']:19.3f} | {reported:8.3f} "
+            f"| {r['draft_passes']:12d} | {r['ms_per_request']:10.1f} | {r['ms_per_token']:8.2f} "
+            f"| {acc:>10s} | {width:>10s} | {tpi:>11s} |"
+        )
     print("\nwhere the time goes (ms):")
     print("| method    | W | target/pass | draft/pass | target/token | draft/token | other/token | total/token |")
     print("|-----------|---|-------------|------------|--------------|-------------|-------------|-------------|")
     for r in report["rows"]:
         dpp = f"{r['draft_ms_per_pass']:.2f}" if r["draft_ms_per_pass"] is not None else "-"
-        print(f"| {r['method']:9s} | {r['width']} | {r['target_ms_per_pass']:11.2f} | {dpp:>10s} "
-              f"| {r['target_ms_per_token']:12.2f} | {r['draft_ms_per_token']:11.2f} | {r['other_ms_per_token']:11.2f} "
-              f"| {r['ms_per_token']:11.2f} |")
+        print(
+            f"| {r['method']:9s} | {r['width']} | {r['target_ms_per_pass']:11.2f} | {dpp:>10s} "
+            f"| {r['target_ms_per_token']:12.2f} | {r['draft_ms_per_token']:11.2f} | {r['other_ms_per_token']:11.2f} "
+            f"| {r['ms_per_token']:11.2f} |"
+        )
     for width, sp in report["speedup_dsbd_over_beam"].items():
-        print(f"speedup of DSBD over beam sampling at W={width}: {sp['target_passes']:.2f}x in target passes, "
-              f"{sp['wall_clock']:.2f}x in wall-clock")
+        print(
+            f"speedup of DSBD over beam sampling at W={width}: {sp['target_passes']:.2f}x in target passes, "
+            f"{sp['wall_clock']:.2f}x in wall-clock"
+        )
 
 
 if __name__ == "__main__":

@@ -244,9 +244,21 @@ class TrainReport:
 
 
 def train_model(
-    model: Any, stream: np.ndarray, heldout: np.ndarray, *, seconds: float, max_steps: int, seq_len: int,
-    batch: int, lr: float, seed: int, bf16: bool, teacher: Any = None, distill: float = 0.0,
-    log_every: int = 50, name: str = "model",
+    model: Any,
+    stream: np.ndarray,
+    heldout: np.ndarray,
+    *,
+    seconds: float,
+    max_steps: int,
+    seq_len: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    bf16: bool,
+    teacher: Any = None,
+    distill: float = 0.0,
+    log_every: int = 50,
+    name: str = "model",
 ) -> TrainReport:
     """AdamW with warm-up and cosine decay, random windows of the training stream.
 
@@ -301,8 +313,12 @@ def train_model(
     seconds_used = time.perf_counter() - start
     model.eval()
     return TrainReport(
-        params=n_params(model), steps=step, seconds=round(seconds_used, 1), tokens_seen=step * batch * seq_len,
-        final_train_loss=round(loss_ema, 4), heldout_loss=round(heldout_loss(model, heldout, seq_len), 4),
+        params=n_params(model),
+        steps=step,
+        seconds=round(seconds_used, 1),
+        tokens_seen=step * batch * seq_len,
+        final_train_loss=round(loss_ema, 4),
+        heldout_loss=round(heldout_loss(model, heldout, seq_len), 4),
     )
 
 
@@ -366,18 +382,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data", help="the shared data folder")
     parser.add_argument("--out", required=True, help="output folder: OUT/target, OUT/draft")
-    parser.add_argument("--seconds", type=float, default=600.0,
-                        help="wall-clock cap for both models together (3/5 target, 2/5 draft)")
+    parser.add_argument(
+        "--seconds", type=float, default=600.0, help="wall-clock cap for both models together (3/5 target, 2/5 draft)"
+    )
     parser.add_argument("--steps", type=int, default=600, help="training steps per model")
-    parser.add_argument("--distill", type=float, default=0.7,
-                        help="weight of KL(target || draft) in the draft's loss (0: data only)")
+    parser.add_argument(
+        "--distill", type=float, default=0.7, help="weight of KL(target || draft) in the draft's loss (0: data only)"
+    )
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the idle cores)")
-    parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
-                        help="bf16 autocast for training (auto: where the CPU has AVX512-BF16)")
+    parser.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="bf16 autocast for training (auto: where the CPU has AVX512-BF16)",
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -392,8 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     texts = build_corpus(args.data)
     train_texts, held_texts = split_corpus(texts)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 autocast {bf16}", flush=True)
-    print(f"corpus: {len(texts)} texts, {sum(map(len, texts)):,} chars; "
-          f"train {len(train_texts)}, held-out {len(held_texts)}", flush=True)
+    print(
+        f"corpus: {len(texts)} texts, {sum(map(len, texts)):,} chars; "
+        f"train {len(train_texts)}, held-out {len(held_texts)}",
+        flush=True,
+    )
 
     tokenizer = train_tokenizer(train_texts, args.vocab)
     stream = encode_stream(tokenizer, train_texts)
@@ -407,9 +432,19 @@ def main(argv: list[str] | None = None) -> int:
         model = make_model(shape, tokenizer, max_positions=512, seed=args.seed + seed_offset)
         print(f"{name}: {n_params(model):,} parameters, {shape}", flush=True)
         reports[name] = train_model(
-            model, stream, held, seconds=budget[name], max_steps=args.steps, seq_len=args.seq_len,
-            batch=args.batch, lr=lr, seed=args.seed + 10 + seed_offset, bf16=bf16, name=name,
-            teacher=models.get("target") if name == "draft" else None, distill=args.distill,
+            model,
+            stream,
+            held,
+            seconds=budget[name],
+            max_steps=args.steps,
+            seq_len=args.seq_len,
+            batch=args.batch,
+            lr=lr,
+            seed=args.seed + 10 + seed_offset,
+            bf16=bf16,
+            name=name,
+            teacher=models.get("target") if name == "draft" else None,
+            distill=args.distill,
         )
         print(f"{name}: {reports[name]}", flush=True)
         models[name] = model
