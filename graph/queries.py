@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Literal
 
-from graph.conditions import AllOf, AnyOf, Condition, Not, describe
+from graph.conditions import AllOf, AnyOf, Condition, Leaf, Not, describe
 from graph.facts import SATISFIED, UNKNOWN, UNSATISFIED, Attribution, Evaluation, PatientFacts, Status, combine
 from graph.model import ORDERABLE, Edge, EdgeKind, Node, NodeKind, PathwayInfo, Source, StepKind
 from graph.store import PathwayStore, latest
@@ -101,6 +101,28 @@ class Alternative:
     step: Node
     route: tuple[Edge, ...]
     evaluation: Evaluation
+
+
+@dataclass(frozen=True, slots=True)
+class Sequencing:
+    """What a route's own conditions say about prior therapy: whether they name any, and which
+    drugs by name (a label indication "after irinotecan" goes on with irinotecan)."""
+
+    mentions_prior_therapy: bool = False
+    named_drugs: frozenset[str] = frozenset()
+
+    @staticmethod
+    def of(conditions: Iterable[Condition]) -> Sequencing:
+        leaves = [leaf for c in conditions for leaf in _leaves_of(c) if leaf.fact in {"therapy", "progressed_on"}]
+        return Sequencing(bool(leaves), frozenset(d for leaf in leaves for d in leaf.get("drugs", ())))
+
+
+def _leaves_of(condition: Condition) -> list[Leaf]:
+    if isinstance(condition, Leaf):
+        return [condition]
+    if isinstance(condition, Not):
+        return _leaves_of(condition.item)
+    return [leaf for c in condition.items for leaf in _leaves_of(c)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,11 +380,11 @@ class PathwayQueries:
         order: Order,
         record: PatientRecord,
         exclude: Iterable[str] = (),
-        also: Callable[[PathwayMatch, bool], Sequence[Condition]] | None = None,
+        also: Callable[[PathwayMatch, Sequencing], Sequence[Condition]] | None = None,
     ) -> Criteria:
         """``exclude``: more sources that are part of this order, not history (a whole line of therapy).
         ``also``: conditions every route must meet besides the pathway's own (the necessity rules for
-        systemic therapy), given the match and whether the route itself speaks of prior therapy."""
+        systemic therapy), given the match and what the route itself says of prior therapy."""
         as_of = order.authored.day if order.authored is not None else None
         keys = order_code_keys(order)
         by_source = record.cancers_by_source()
@@ -401,7 +423,7 @@ class PathwayQueries:
         facts: PatientFacts,
         orderable: Node,
         offer: Edge,
-        also: Callable[[PathwayMatch, bool], Sequence[Condition]] | None = None,
+        also: Callable[[PathwayMatch, Sequencing], Sequence[Condition]] | None = None,
     ) -> list[Alternative]:
         key = match.info.key
         step = self.store.node(key, offer.source)
@@ -419,8 +441,8 @@ class PathwayQueries:
                 parts.append(facts.evaluate(branch_condition(offer, offers)))
             parts += self.prerequisites(key, step, facts) + self.prerequisites(key, orderable, facts)
             if also is not None:
-                sequenced = any(_mentions(p, {"therapy", "progressed_on"}) for p in parts)
-                parts += [facts.evaluate(c) for c in also(match, sequenced)]
+                conditions = [e.when for e in (*route, offer) if e.when is not None]
+                parts += [facts.evaluate(c) for c in also(match, Sequencing.of(conditions))]
             path = " > ".join(self._title(key, e.target) for e in route) or step.title
             label = f"{match.info.title}: {orderable.title} at {path}"
             out.append(Alternative(match.info, match.cancer, orderable, step, route, combine("all", label, parts)))
@@ -468,13 +490,6 @@ def _unconditional(edge: Edge) -> bool:
 
 def _always(edge: Edge) -> Evaluation:
     return Evaluation(SATISFIED, edge.label or "always offered", fact="always")
-
-
-def _mentions(evaluation: Evaluation, facts: set[str]) -> bool:
-    """Does a condition's tree read one of these facts (a route that speaks of prior therapy)?"""
-    if evaluation.op == "leaf":
-        return evaluation.fact in facts
-    return any(_mentions(c, facts) for c in evaluation.children)
 
 
 def _unknown_leaves(evaluation: Evaluation) -> list[Evaluation]:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from graph.conditions import Condition, Leaf, Not, parse_code
 from graph.model import Code
+from graph.queries import Sequencing
 from shared.terminology import terminology
 
 HERE = Path(__file__).parent
@@ -43,11 +44,13 @@ class Rules(_Strict):
     performance: Performance
     retreatment: Retreatment
 
-    def systemic(self, pathway: str, ingredients: tuple[str, ...], sequenced: bool = False) -> list[Condition]:
+    def systemic(self, pathway: str, ingredients: tuple[str, ...], route: Sequencing | None = None) -> list[Condition]:
         """What a route for these drugs must also meet on this pathway. Progression on the same drug
-        always rules out re-treatment; progression on another drug of its group only when the route
-        does not itself say which prior therapy it follows (``sequenced``: lorlatinib after
-        alectinib, cabazitaxel after docetaxel are later-line options by design)."""
+        rules out re-treatment unless the route itself names that drug as the prior therapy it
+        follows ("irinotecan-refractory": irinotecan + cetuximab); progression on another drug of
+        its group only when the route names no prior therapy at all (lorlatinib after alectinib,
+        cabazitaxel after docetaxel are later-line options by design)."""
+        route = route or Sequencing()
         terms = terminology()
         drugs = [d for name in ingredients if (d := terms.drug_by_name(name)) and d.drug_class != "supportive"]
         if not drugs:
@@ -59,10 +62,10 @@ class Rules(_Strict):
         ]
         through = {r.group for r in self.retreatment.continue_through_progression if pathway in r.pathways}
         for drug in drugs:
-            if drug.group in through:
+            if drug.group in through or drug.name in route.named_drugs:
                 continue
             params: dict[str, object] = {"drugs": (drug.name,)}
-            by_group = bool(drug.group) and not sequenced
+            by_group = bool(drug.group) and not route.mentions_prior_therapy
             if by_group:
                 params["groups"] = (drug.group,)
             days = [
