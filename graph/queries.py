@@ -105,16 +105,15 @@ class Alternative:
 
 @dataclass(frozen=True, slots=True)
 class Sequencing:
-    """What a route's own conditions say about prior therapy: whether they name any, and which
-    drugs by name (a label indication "after irinotecan" goes on with irinotecan)."""
+    """The drugs a route's own conditions name as prior therapy (a label indication "after
+    irinotecan", "after alectinib"): the route was written to follow them."""
 
-    mentions_prior_therapy: bool = False
     named_drugs: frozenset[str] = frozenset()
 
     @staticmethod
     def of(conditions: Iterable[Condition]) -> Sequencing:
         leaves = [leaf for c in conditions for leaf in _leaves_of(c) if leaf.fact in {"therapy", "progressed_on"}]
-        return Sequencing(bool(leaves), frozenset(d for leaf in leaves for d in leaf.get("drugs", ())))
+        return Sequencing(frozenset(d for leaf in leaves for d in leaf.get("drugs", ())))
 
 
 def _leaves_of(condition: Condition) -> list[Leaf]:

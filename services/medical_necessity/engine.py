@@ -102,7 +102,7 @@ def _determine(
     criteria = queries.criteria_for(
         order,
         record,
-        also=lambda match, sequenced: systemic_rules.systemic(match.info.id, order.ingredients, sequenced),
+        also=lambda match, route: systemic_rules.systemic(match.info.id, order.ingredients, route),
     )
     if order.authored is not None:
         # The coded facts are read as of the order date; so is the free text (a later note is no support).

@@ -48,10 +48,12 @@ class Rules(_Strict):
         """What a route for these drugs must also meet on this pathway. Progression on the same drug
         rules out re-treatment unless the route itself names that drug as the prior therapy it
         follows ("irinotecan-refractory": irinotecan + cetuximab); progression on another drug of
-        its group only when the route names no prior therapy at all (lorlatinib after alectinib,
-        cabazitaxel after docetaxel are later-line options by design)."""
+        its group, unless the route names a drug of that group as what it follows (lorlatinib after
+        alectinib, cabazitaxel after docetaxel are later-line options by design; nivolumab "after
+        platinum" is not a route after pembrolizumab)."""
         route = route or Sequencing()
         terms = terminology()
+        followed = {d.group for name in route.named_drugs if (d := terms.drug_by_name(name)) and d.group}
         drugs = [d for name in ingredients if (d := terms.drug_by_name(name)) and d.drug_class != "supportive"]
         if not drugs:
             return []
@@ -62,17 +64,19 @@ class Rules(_Strict):
         ]
         through = {r.group for r in self.retreatment.continue_through_progression if pathway in r.pathways}
         for drug in drugs:
-            if drug.group in through or drug.name in route.named_drugs:
-                continue
-            params: dict[str, object] = {"drugs": (drug.name,)}
-            by_group = bool(drug.group) and not route.mentions_prior_therapy
-            if by_group:
-                params["groups"] = (drug.group,)
             days = [
                 r.days for r in self.retreatment.sensitive_after_days if drug.group == r.group and pathway in r.pathways
             ]
-            if days and days[0] is not None:
-                params["sensitive_after_days"] = days[0]
+            window = days[0] if days else None
+            # A re-challenge window is the sequencing rule for its group: it holds on every route.
+            if drug.group in through or (window is None and drug.name in route.named_drugs):
+                continue
+            params: dict[str, object] = {"drugs": (drug.name,)}
+            by_group = bool(drug.group) and (drug.group not in followed or window is not None)
+            if by_group:
+                params["groups"] = (drug.group,)
+            if window is not None:
+                params["sensitive_after_days"] = window
             what = f"{drug.name}" + (f" or another {drug.group}" if by_group else "")
             out.append(Not(Leaf("progressed_on", params, label=f"progression on {what}"), label=self.retreatment.label))
         return out
