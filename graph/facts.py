@@ -177,6 +177,12 @@ class PatientFacts:
         for b in self.cancer.biomarkers:
             if self._current(b.date) and b.source not in self.exclude:
                 out.setdefault(b.name.upper(), []).append(b)
+        # A marker tested only as its equivalent (MMR by IHC for MSI) answers for it.
+        for name, others in terminology().equivalent_markers.items():
+            if name.upper() not in out:
+                found = next((out[o.upper()] for o in others if o.upper() in out), None)
+                if found is not None:
+                    out[name.upper()] = found
         return out
 
     @cached_property

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
 
-from graph.conditions import Condition
-from shared.fhir.record import INGREDIENT, RXNORM, Code
+from graph.conditions import Condition, Leaf, Not
+from shared.fhir.record import INGREDIENT, MARKER, RXNORM, Code
 from shared.terminology import terminology
 
 
@@ -122,6 +122,15 @@ def _ingredients(codes: tuple[Code, ...]) -> tuple[str, ...]:
     return (*named, *terminology().identify_drug([c for c in codes if c.system == RXNORM]).ingredients)
 
 
+def _markers(condition: Condition) -> list[str]:
+    """The markers a test's done_when reads: the test is an order for those markers."""
+    if isinstance(condition, Leaf):
+        return [condition.params["name"]] if condition.fact == "biomarker" else []
+    if isinstance(condition, Not):
+        return _markers(condition.item)
+    return [m for c in condition.items for m in _markers(c)]
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     id: str  # unique within a pathway version, prefixed by the pathway id ("nsclc.staging")
@@ -144,6 +153,8 @@ class Node:
         keys = [f"{c.system}|{c.code}" for c in self.codes]
         if self.activity == "drug":
             keys += [f"{INGREDIENT}|{name}" for name in _ingredients(self.codes)]
+        if self.activity == "test" and self.done_when is not None:
+            keys += [f"{MARKER}|{name}" for name in _markers(self.done_when)]
         return tuple(dict.fromkeys(keys))
 
 

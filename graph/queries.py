@@ -26,7 +26,7 @@ from graph.conditions import AllOf, AnyOf, Condition, Leaf, Not, describe
 from graph.facts import SATISFIED, UNKNOWN, UNSATISFIED, Attribution, Evaluation, PatientFacts, Status, combine
 from graph.model import ORDERABLE, Edge, EdgeKind, Node, NodeKind, PathwayInfo, Source, StepKind
 from graph.store import PathwayStore, latest
-from shared.fhir.record import INGREDIENT, RXNORM, CancerCondition, Order, PatientRecord
+from shared.fhir.record import INGREDIENT, MARKER, RXNORM, CancerCondition, Order, PatientRecord
 from shared.terminology import terminology
 
 StepStatus = Literal["done", "not-done", "decided", "undetermined"]
@@ -503,6 +503,9 @@ def order_code_keys(order: Order) -> set[str]:
     """Every coding of the order, plus each ingredient by RxNorm CUI and by name (product -> ingredient)."""
     keys = {f"{c.system}|{c.code}" for c in (order.code, *order.codes) if c.code}
     terms = terminology()
+    if order.reference.startswith("ServiceRequest/"):
+        codes = [c for c in (order.code, *order.codes) if c.code]
+        keys |= {f"{MARKER}|{name}" for name in terms.markers_tested(codes, order.code.display)}
     for name in order.ingredients:
         keys.add(f"{INGREDIENT}|{name}")
         drug = terms.drug_by_name(name)

@@ -5,6 +5,7 @@ file fails naming the field, never at decision time."""
 from __future__ import annotations
 
 from functools import cache
+from typing import Literal
 from pathlib import Path
 
 import yaml
@@ -35,6 +36,7 @@ class GroupRule(_Strict):
 
 class Retreatment(_Strict):
     label: str
+    class_rule_for: tuple[Literal["chemotherapy", "targeted", "immunotherapy", "hormonal"], ...]
     continue_through_progression: tuple[GroupRule, ...] = ()
     sensitive_after_days: tuple[GroupRule, ...] = ()
 
@@ -72,7 +74,8 @@ class Rules(_Strict):
             if drug.group in through or (window is None and drug.name in route.named_drugs):
                 continue
             params: dict[str, object] = {"drugs": (drug.name,)}
-            by_group = bool(drug.group) and (drug.group not in followed or window is not None)
+            by_class = drug.drug_class in self.retreatment.class_rule_for and drug.group not in followed
+            by_group = bool(drug.group) and (by_class or window is not None)
             if by_group:
                 params["groups"] = (drug.group,)
             if window is not None:

@@ -44,6 +44,7 @@ VALUE_FIELDS = (
 )
 _ROMAN = {"0": "0", "1": "I", "2": "II", "3": "III", "4": "IV"}
 _STAGE = re.compile(r"^(?:stage)?([0-4]|0is|IV|III|II|I)([A-C]\d?)?$", re.IGNORECASE)
+_STAGE_IN_TEXT = re.compile(r"\bstage\s*:?\s*((?:[0-4]|0is|IV|III|II|I)(?:[A-C]\d?)?)(?![A-Za-z0-9])", re.IGNORECASE)
 # Wording around an AJCC value in SNOMED CT displays and free text.
 _AJCC_WORDS = re.compile(
     r"american joint committee on cancer|\bajcc\b|\(qualifier value\)|\b8th edition\b|\bstage group(?:ing)?\b",
@@ -65,6 +66,9 @@ def normalise_stage(value: str | None) -> str | None:
     if "limited" in lowered:
         return "limited"
     match = _STAGE.match(re.sub(r"[\s\-]", "", text))
+    if not match:  # "Stage IVB (M1b)", "Clinical stage: IIIA": the group that follows the word stage
+        found = _STAGE_IN_TEXT.search(re.sub(r"\([^)]*\)", " ", text))
+        match = _STAGE.match(found.group(1)) if found else None
     if not match:
         return None
     group = match.group(1).upper()

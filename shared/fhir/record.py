@@ -22,6 +22,9 @@ CPT = "http://www.ama-assn.org/go/cpt"
 # A project-local system for drug ingredient names ("pembrolizumab"): pathway items and orders meet
 # on the ingredient when no RxNorm CUI is known for it (no public code list to copy it from).
 INGREDIENT = "urn:oncotwin:ingredient"
+# Likewise for tests: a test item and a ServiceRequest meet on the marker tested ("EGFR"), whatever
+# LOINC or CPT code the order uses (each lab codes its own EGFR assay).
+MARKER = "urn:oncotwin:marker"
 
 
 @dataclass(frozen=True, slots=True)

@@ -215,6 +215,7 @@ class Terminology:
         self.genes_hgnc: dict[str, str] = obs["genes_hgnc"]
         self.fusion_drivers: frozenset[str] = frozenset(obs["fusion_drivers"])
         self.marker_cancer_types: dict[str, list[str]] = obs["marker_cancer_types"]
+        self.equivalent_markers: dict[str, list[str]] = obs["equivalent_markers"]
         self.value_displays: dict[str, str] = obs["value_displays"]
         self._biomarker_text = [(_words_pattern([k]), v) for k, v in obs["biomarker_text"].items()]
         self._kind_text = [
@@ -361,6 +362,15 @@ class Terminology:
             for (system, code), found in sorted(self.observation_kinds.items())
             if found.kind == kind and all(found.params.get(k) == v for k, v in params.items())
         ]
+
+    def markers_tested(self, codes: list[Code], text: str | None = None) -> set[str]:
+        """The markers a test order or test item is about: from a result code the table knows,
+        else every marker its words name ("EGFR/ALK/ROS1 panel" -> three)."""
+        kind = self.observation_kind(codes)
+        if kind is not None and kind.kind == "biomarker" and kind.params.get("name"):
+            return {kind.params["name"]}
+        words = " ".join(filter(None, [text, *(c.display or "" for c in codes)]))
+        return {name for pattern, name in self._biomarker_text if pattern.search(words)}
 
     def biomarker_from_text(self, text: str) -> str | None:
         for pattern, name in self._biomarker_text:
