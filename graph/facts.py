@@ -30,7 +30,7 @@ from shared.fhir.record import (
     StageAssessment,
 )
 from shared.terminology import terminology
-from shared.therapy_lines import EXCLUDED_STATUSES, CancerFinder, lines_of_therapy
+from shared.therapy_lines import EXCLUDED_STATUSES, CancerFinder, TherapyLine, lines_of_therapy
 
 Status = Literal["satisfied", "unsatisfied", "unknown"]
 E = TypeVar("E", ProcedureEvent, MedicationEvent)
@@ -149,10 +149,12 @@ class PatientFacts:
         as_of: date | None = None,
         exclude: Iterable[str] = (),
         attribution: Attribution | None = None,
+        ordered: Iterable[str] = (),
     ) -> None:
         self.record = record
         self.cancer = cancer
         self.as_of = as_of
+        self.ordered = frozenset(ordered)  # the drugs of the order under review, if any
         self.exclude = frozenset(exclude)  # e.g. the order under review: it is not its own history
         self.sources = {cancer.source, *cancer.merged_sources}
         self.attribution = attribution if attribution is not None and attribution.record is record else None
@@ -190,7 +192,8 @@ class PatientFacts:
         return self._select(self._attribution.exposures)
 
     @cached_property
-    def lines(self) -> int:
+    def line_history(self) -> list[TherapyLine]:
+        """This cancer's lines of therapy up to the as-of date, without the excluded exposures."""
         record = self.record
         if self.as_of is not None or self.exclude:
             kept = {m.source for m in self.exposures}
@@ -199,7 +202,22 @@ class PatientFacts:
                 cancers=record.cancers,
                 medications=[m for m in record.medications if not m.antineoplastic or m.source in kept],
             )
-        return sum(1 for line in lines_of_therapy(record) if line.cancer_source in self.sources)
+        return [line for line in lines_of_therapy(record) if line.cancer_source in self.sources]
+
+    @cached_property
+    def lines(self) -> int:
+        return len(self.line_history)
+
+    @cached_property
+    def current_line_start(self) -> FhirTime | None:
+        """For an order: when the line it would follow began. Continuing the latest line (the order
+        is one of its drugs), that is the line before it; a new drug follows the latest line."""
+        lines = self.line_history
+        if not self.ordered or not lines:
+            return None
+        if self.ordered & set(lines[-1].drugs):
+            return lines[-2].start if len(lines) > 1 else None
+        return lines[-1].start
 
     @cached_property
     def procedures(self) -> list[ProcedureEvent]:
@@ -470,6 +488,14 @@ class PatientFacts:
     def _disease_status(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
         known = [(d, DISEASE_STATUS_CODES.get(d.code.code)) for d in self._coded_statuses() if d.code.system == SNOMED]
         known = [(d, s) for d, s in known if s]
+        since = self.current_line_start
+        if since is not None and {"progression", "recurrence"} & set(leaf.params["in"]):
+            # A new line answers the progression before it: an order for a further line needs one since.
+            known = [(d, s) for d, s in known if d.date is None or d.date >= since]
+            if not known:
+                return UNKNOWN, [
+                    Evidence(self.cancer.source, "no disease status since the current line began", None, since.text)
+                ]
         if not known:
             return UNKNOWN, [Evidence(self.cancer.source, "no coded disease status")]
         d, status = known[-1]

@@ -396,7 +396,12 @@ class PathwayQueries:
                 continue  # the order says which cancer it treats
             key = match.info.key
             facts = PatientFacts(
-                record, match.cancer, as_of=as_of, exclude=[order.reference, *exclude], attribution=shared
+                record,
+                match.cancer,
+                as_of=as_of,
+                exclude=[order.reference, *exclude],
+                attribution=shared,
+                ordered=order.ingredients if also is not None else (),
             )
             sources = self.store.sources(key)
             for item in self.store.find_orderables(key, keys):
