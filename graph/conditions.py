@@ -33,6 +33,9 @@ BIOMARKER_STATUSES = ("positive", "negative", "equivocal", "indeterminate", "mea
 DRUG_CLASSES = ("chemotherapy", "targeted", "immunotherapy", "hormonal")
 PROCEDURE_CATEGORIES = ("surgery", "radiation", "chemoradiation", "imaging", "biopsy", "endoscopy")
 DISEASE_STATUSES = ("progression", "stable", "response", "remission", "recurrence")
+# A fact never recorded is unknown; a contraindication check may read it closed-world instead
+# ("no documented ECOG 3-4", "no RAS mutation documented").
+IF_MISSING = ("satisfied", "unsatisfied")
 STAGE_VALUE = re.compile(r"^(0|I{1,3}|IV)([A-D][0-3]?)?$|^(limited|extensive)$")
 TNM_VALUE = re.compile(r"^[TNM](is|X|[0-4])[a-d]?[0-3]?$")
 
@@ -66,13 +69,15 @@ FACTS: dict[str, dict[str, ParamSpec]] = {
     "biomarker": {
         "name": ParamSpec("string", required=True),
         "status": ParamSpec("strings", choices=BIOMARKER_STATUSES),
+        "variant": ParamSpec("strings"),  # the reported change names one of these (T790M, G12C, V600E)
+        "if_missing": ParamSpec("string", choices=IF_MISSING),
         "min": ParamSpec("number"),
         "max": ParamSpec("number"),
     },
     "performance": {
         "ecog_max": ParamSpec("integer"),
         "ecog_min": ParamSpec("integer"),
-        "missing_ok": ParamSpec("boolean"),  # no status on record counts as satisfied (a contraindication check)
+        "if_missing": ParamSpec("string", choices=IF_MISSING),
     },
     "age": {"min": ParamSpec("number"), "max": ParamSpec("number")},
     "sex": {"is": ParamSpec("string", required=True, choices=("female", "male"))},
@@ -150,7 +155,7 @@ def parse_condition(data: Any, where: str = "condition") -> Condition:
             params[name] = _param(data[name], spec, f"{where}.{name}")
         elif spec.required:
             raise ConditionError(f"{where}: fact {fact!r} needs {name!r}")
-    if fact in {"cancer", "tnm", "age", "performance", "progressed_on"} and not (set(params) - {"missing_ok"}):
+    if fact in {"cancer", "tnm", "age", "performance", "progressed_on"} and not (set(params) - {"if_missing"}):
         raise ConditionError(f"{where}: fact {fact!r} needs at least one of {', '.join(specs)}")
     text = data.get("text", [])
     if not isinstance(text, list) or not all(isinstance(t, str) and t for t in text):

@@ -11,6 +11,7 @@ query evaluates them here, so the stores cannot disagree on a decision.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
@@ -330,12 +331,16 @@ class PatientFacts:
         name = leaf.params["name"]
         results = self.biomarkers.get(name.upper(), [])
         if not results:
-            return UNKNOWN, [Evidence(self.cancer.source, f"no {name} result on record")]
+            return _if_missing(leaf), [Evidence(self.cancer.source, f"no {name} result on record")]
         latest = results[-1]
         ev = [Evidence(latest.source, f"{name} {latest.status}", latest.value, _text(latest.date))]
         checks: list[bool | None] = []
         if "status" in leaf.params:
             checks.append(latest.status in leaf.params["status"])
+        if "variant" in leaf.params:  # the change reported; a result that names no change is undecided
+            value = (latest.value or "").upper().replace(" ", "")
+            named = any(v.upper().replace(" ", "") in value for v in leaf.params["variant"])
+            checks.append(True if named else False if _ALTERATION.search(latest.value or "") else None)
         for bound, ok in (("min", lambda q, b: q >= b), ("max", lambda q, b: q <= b)):
             if bound in leaf.params:
                 checks.append(None if latest.quantity is None else ok(latest.quantity, leaf.params[bound]))
@@ -346,8 +351,7 @@ class PatientFacts:
     def _performance(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
         current = [p for p in self.record.performance if self._current(p.date)]
         if not current:
-            missing: Status = SATISFIED if leaf.get("missing_ok") else UNKNOWN
-            return missing, [Evidence(self.record.patient.source or self.cancer.source, "no performance status")]
+            return _if_missing(leaf), [Evidence(self.record.patient.source or self.cancer.source, "no performance status")]
         latest = max(current, key=lambda p: (p.date is not None, p.date))
         ecog = latest.value if latest.scale == "ECOG" else _karnofsky_to_ecog(latest.value)
         ev = [Evidence(latest.source, f"{latest.scale} performance status", str(latest.value), _text(latest.date))]
@@ -503,11 +507,20 @@ class PatientFacts:
         return (SATISFIED if status in leaf.params["in"] else UNSATISFIED), ev
 
 
+def _if_missing(leaf: Leaf) -> Status:
+    """A fact never recorded: unknown, unless the condition reads it closed-world."""
+    return {"satisfied": SATISFIED, "unsatisfied": UNSATISFIED}.get(leaf.get("if_missing", ""), UNKNOWN)
+
+
 def _done(found: list[ProcedureEvent], fallback: str, what: str) -> tuple[Status, list[Evidence]]:
     if not found:
         return UNSATISFIED, [Evidence(fallback, f"no matching {what} recorded")]
     shown = found[-MAX_EVIDENCE:]  # the latest ones; a 4-year regimen has hundreds of sessions
     return SATISFIED, [Evidence(p.source, p.code.display or p.code.code, p.category, _text(p.start)) for p in shown]
+
+
+# A reported change: p.L858R, G12C, c.2573T>G, exon 19 deletion, an insertion, a fusion.
+_ALTERATION = re.compile(r"\b[A-Z]\d{2,4}(?:[A-Z*]|fs|del|ins)|\b[pc]\.|exon|deletion|insertion|fusion", re.IGNORECASE)
 
 
 @lru_cache(maxsize=8192)

@@ -61,7 +61,7 @@ class Rules(_Strict):
             return []
         out: list[Condition] = [
             Leaf(
-                "performance", {"ecog_max": self.performance.ecog_max, "missing_ok": True}, label=self.performance.label
+                "performance", {"ecog_max": self.performance.ecog_max, "if_missing": "satisfied"}, label=self.performance.label
             )
         ]
         through = {r.group for r in self.retreatment.continue_through_progression if pathway in r.pathways}
