@@ -210,15 +210,25 @@ class PatientFacts:
         return len(self.line_history)
 
     @cached_property
-    def current_line_start(self) -> FhirTime | None:
-        """For an order: when the line it would follow began. Continuing the latest line (the order
-        is one of its drugs), that is the line before it; a new drug follows the latest line."""
+    def continued_line(self) -> TherapyLine | None:
+        """For an order: the latest line when the order is one of its drugs (the next cycle of the
+        current course is not prior therapy for itself)."""
         lines = self.line_history
-        if not self.ordered or not lines:
+        return lines[-1] if self.ordered and lines and self.ordered & set(lines[-1].drugs) else None
+
+    @cached_property
+    def prior_lines(self) -> list[TherapyLine]:
+        """The lines before the order: all of them, less the line it continues."""
+        continued = self.continued_line
+        return [line for line in self.line_history if line is not continued]
+
+    @cached_property
+    def current_line_start(self) -> FhirTime | None:
+        """For an order: when the line it would follow began (the line before the one it
+        continues, else the latest line)."""
+        if not self.ordered or not self.prior_lines:
             return None
-        if self.ordered & set(lines[-1].drugs):
-            return lines[-2].start if len(lines) > 1 else None
-        return lines[-1].start
+        return self.prior_lines[-1].start
 
     @cached_property
     def procedures(self) -> list[ProcedureEvent]:
@@ -378,10 +388,12 @@ class PatientFacts:
 
     def _therapy(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
         drugs, classes = set(leaf.get("drugs", ())), set(leaf.get("classes", ()))
+        continued = set(self.continued_line.sources) if self.continued_line is not None else set()
         matching = [
             m
             for m in self.exposures
-            if (not drugs and not classes) or drugs & set(m.ingredients) or m.drug_class in classes
+            if m.source not in continued
+            and ((not drugs and not classes) or drugs & set(m.ingredients) or m.drug_class in classes)
         ]
         shown = matching[-MAX_EVIDENCE:]
         ev = [Evidence(m.source, f"{m.drug_class} given", " + ".join(m.ingredients), _text(m.start)) for m in shown]
@@ -389,7 +401,7 @@ class PatientFacts:
         if not matching:
             ev = [Evidence(self.cancer.source, "no matching systemic therapy recorded")]
         if "min_lines" in leaf.params or "max_lines" in leaf.params:
-            lines = self.lines
+            lines = len(self.prior_lines)
             ev.append(Evidence(self.cancer.source, "lines of systemic therapy", str(lines)))
             ok = ok and leaf.get("min_lines", 0) <= lines <= leaf.get("max_lines", 99)
         return (SATISFIED if ok else UNSATISFIED), ev[-MAX_EVIDENCE:]
