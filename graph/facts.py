@@ -361,7 +361,9 @@ class PatientFacts:
     def _performance(self, leaf: Leaf) -> tuple[Status, list[Evidence]]:
         current = [p for p in self.record.performance if self._current(p.date)]
         if not current:
-            return _if_missing(leaf), [Evidence(self.record.patient.source or self.cancer.source, "no performance status")]
+            return _if_missing(leaf), [
+                Evidence(self.record.patient.source or self.cancer.source, "no performance status")
+            ]
         latest = max(current, key=lambda p: (p.date is not None, p.date))
         ecog = latest.value if latest.scale == "ECOG" else _karnofsky_to_ecog(latest.value)
         ev = [Evidence(latest.source, f"{latest.scale} performance status", str(latest.value), _text(latest.date))]

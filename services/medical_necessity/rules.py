@@ -5,8 +5,8 @@ file fails naming the field, never at decision time."""
 from __future__ import annotations
 
 from functools import cache
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -61,7 +61,9 @@ class Rules(_Strict):
             return []
         out: list[Condition] = [
             Leaf(
-                "performance", {"ecog_max": self.performance.ecog_max, "if_missing": "satisfied"}, label=self.performance.label
+                "performance",
+                {"ecog_max": self.performance.ecog_max, "if_missing": "satisfied"},
+                label=self.performance.label,
             )
         ]
         through = {r.group for r in self.retreatment.continue_through_progression if pathway in r.pathways}

@@ -23,8 +23,8 @@ class DrugIdentity:
     match: DrugMatch
     identified_by: str  # the element that named the drug; "" when nothing did
     text: str | None  # the words that name it (code text or display)
-    named: bool
-    codes: tuple[Code, ...] = ()  # every coding of the drug (product and ingredient)  # the drug has a standard code or a name a person can read, known to our table or not
+    named: bool  # the drug has a standard code or a name a person can read, known to our table or not
+    codes: tuple[Code, ...] = ()  # every coding of the drug (product and ingredient)
 
 
 def _contained(res: dict[str, Any], ref: str) -> dict[str, Any] | None:
