@@ -213,8 +213,10 @@ class PatientFacts:
     def continued_line(self) -> TherapyLine | None:
         """For an order: the latest line when the order is one of its drugs (the next cycle of the
         current course is not prior therapy for itself)."""
+        if not self.ordered:  # no order under review (navigation): nothing is being continued
+            return None
         lines = self.line_history
-        return lines[-1] if self.ordered and lines and self.ordered & set(lines[-1].drugs) else None
+        return lines[-1] if lines and self.ordered & set(lines[-1].drugs) else None
 
     @cached_property
     def prior_lines(self) -> list[TherapyLine]:
