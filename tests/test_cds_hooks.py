@@ -420,14 +420,15 @@ def test_patient_view_from_prefetch_of_real_synthea_patients(cds, patient, pathw
     )
     assert [c["summary"].split(":")[0] for c in body["cards"]] == pathways  # one card per pathway
     for card in body["cards"]:
-        assert card["indicator"] == "warning"  # both Synthea patients have care gaps
-        assert "**Care gaps**" in card["detail"] and "**Next steps**" in card["detail"]
+        # Both Synthea patients have died: the card shows the death and proposes nothing.
+        assert "Patient deceased" in card["summary"] and card["indicator"] == "info"
+        assert "**Next steps**" not in card["detail"] and "overdue" not in card["detail"]
         assert card["source"]["url"].startswith("https://")
         assert card["links"] == [
             {"label": "Open in the OncoTwin dashboard", "url": f"{BASE}/dashboard/patients/{pid}", "type": "absolute"}
         ]
     if patient == "Austin_Franecki":
-        assert body["cards"][0]["summary"].startswith("Non-small cell lung cancer: at Adjuvant systemic therapy")
+        assert body["cards"][0]["summary"].startswith("Non-small cell lung cancer: Patient deceased (1989-07-25)")
         assert "**Off-pathway therapy**" in body["cards"][0]["detail"]  # cisplatin + paclitaxel for stage I
     assert "systemActions" not in body
     assert cds.calls == Counter({"gather": 1, "navigate": 1})

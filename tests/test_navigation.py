@@ -72,9 +72,9 @@ def _keys(value: Any) -> set[str]:
 
 @requires_data
 def test_json_contract_keys_are_camel_case(queries: PathwayQueries) -> None:
-    out = navigate(_real(synthea("Austin")), queries, as_of=date(2026, 1, 1)).to_json()
-    assert set(out) == {"patient", "asOf", "pathways", "disclaimer"}
-    assert out["asOf"] == "2026-01-01" and "not NCCN" in out["disclaimer"]
+    out = navigate(_real(synthea("Austin")), queries, as_of=date(1989, 7, 24)).to_json()  # alive then
+    assert set(out) == {"patient", "asOf", "pathways", "disclaimer", "deceased"}
+    assert out["asOf"] == "1989-07-24" and "not NCCN" in out["disclaimer"] and out["deceased"] is None
     (p,) = out["pathways"]
     assert set(p) == {
         "id",
@@ -322,11 +322,32 @@ def test_lavelle_resected_colon_cancer_without_a_stage(queries: PathwayQueries) 
 
 @requires_data
 def test_whitney_overdue_surveillance_after_adjuvant_folfox(queries: PathwayQueries) -> None:
-    p = _only(navigate(_real(synthea("Whitney")), queries, as_of=date(2020, 1, 1)), "colon")
+    # As of mid-2016 (alive): surveillance imaging fell due in March and is overdue.
+    p = _only(navigate(_real(synthea("Whitney")), queries, as_of=date(2016, 6, 1)), "colon")
     assert _position(p) == ["colon.adjuvant"] and p.position[0].since == "2015-12-22"
     assert _next(p) == {"colon.surveillance": ("2016-03-22", True)}
     assert "colon.surveillance" in _gaps(p, "overdue")
     assert {"colon.staging", "colon.biomarkers"} <= set(_gaps(p, "missing-prerequisite"))
+
+
+@requires_data
+def test_a_deceased_patient_gets_no_next_step_and_no_actionable_gap(queries: PathwayQueries) -> None:
+    """Whitney died on 2016-11-30: read in 2020, the record ends at the death, nothing falls due."""
+    out = navigate(_real(synthea("Whitney")), queries, as_of=date(2020, 1, 1))
+    assert out.deceased is not None and out.deceased.date.startswith("2016-11-30") and out.as_of == "2016-11-30"
+    p = _only(out, "colon")
+    assert p.next_steps == [] and _gaps(p, "overdue") == {} and _gaps(p, "missing-information") == {}
+    assert {"colon.staging", "colon.biomarkers"} <= set(_gaps(p, "missing-prerequisite"))  # what happened stays
+    assert _position(p) == ["colon.adjuvant"]
+
+
+def test_death_without_a_date_also_ends_advice(queries: PathwayQueries) -> None:
+    record = patient("nsclc", stage="IVA", markers={"EGFR": "positive", "ALK": "negative", "PD-L1": 5.0})
+    alive = _only(navigate(record, queries, as_of=date(2024, 3, 1)), "nsclc")
+    record.patient.deceased_flag = True
+    dead = navigate(record, queries, as_of=date(2024, 3, 1))
+    assert alive.next_steps and dead.deceased is not None and dead.deceased.date is None
+    assert _only(dead, "nsclc").next_steps == []
 
 
 # -- off-pathway lines --------------------------------------------------------------------------------
@@ -337,7 +358,7 @@ def test_austin_cisplatin_paclitaxel_for_stage_i_is_off_pathway(queries: Pathway
     # walk follows it to adjuvant therapy because chemotherapy is on record (inferred).
     assert _position(p) == ["nsclc.early.adjuvant"] and p.position[0].since == "1989-07-20"
     assert p.position[0].inferred
-    assert "nsclc.early.adjuvant-decision" in _gaps(p, "missing-information")
+    assert _gaps(p, "missing-information") == {}  # Austin died in 1989: no decision is waiting
     (line,) = p.off_pathway
     assert line.line == 1 and line.regimen == "cisplatin + paclitaxel" and line.start.startswith("1985-07-26")
     assert line.sources and all(s.startswith("MedicationRequest/") for s in line.sources)
@@ -345,7 +366,7 @@ def test_austin_cisplatin_paclitaxel_for_stage_i_is_off_pathway(queries: Pathway
     assert paclitaxel.startswith("paclitaxel is offered only where it does not apply here")
     assert "stage III" in paclitaxel  # with radiation only for stage III
     assert "nsclc.biomarkers" in _gaps(p, "missing-prerequisite")
-    assert _next(p) == {"nsclc.surveillance": ("1990-01-20", True)}
+    assert _next(p) == {}  # surveillance would fall due in 1990, after the death
 
 
 def test_a_drug_no_pathway_offers_is_off_pathway(queries: PathwayQueries) -> None:

@@ -31,8 +31,9 @@ def post(client, headers, body, query=""):
 
 @requires_data
 def test_austin_nsclc_stage_one(client, nav):
+    # Austin died on 1989-07-25: read in 2026, the record ends there and nothing falls due after it.
     body = post(client, nav, synthea("Austin_Franecki").read_bytes(), "?asOf=2026-01-01").get_json()
-    assert body["asOf"] == "2026-01-01"
+    assert body["asOf"] == "1989-07-25" and body["deceased"]["date"].startswith("1989-07-25")
     (pathway,) = body["pathways"]
     assert (pathway["id"], pathway["version"], pathway["applies"]) == ("nsclc", "2026.11", "satisfied")
     # Stage "I" without substage leaves the adjuvant decision open; chemotherapy on record takes the
@@ -41,10 +42,8 @@ def test_austin_nsclc_stage_one(client, nav):
     assert pathway["position"][0]["status"] == "done" and pathway["position"][0]["inferred"] is True
     gaps = {(g["kind"], g["step"]["id"]) for g in pathway["gaps"]}
     assert ("missing-prerequisite", "nsclc.biomarkers") in gaps  # never tested for EGFR/ALK/PD-L1
-    assert ("missing-information", "nsclc.early.adjuvant-decision") in gaps
-    assert ("overdue", "nsclc.surveillance") in gaps
-    (surveillance,) = [s for s in pathway["nextSteps"] if s["step"]["id"] == "nsclc.surveillance"]
-    assert surveillance["overdue"] is True and surveillance["due"] == "1990-01-20"
+    assert {kind for kind, _ in gaps} == {"missing-prerequisite"}  # nothing actionable after death
+    assert pathway["nextSteps"] == []
     (line,) = pathway["offPathway"]
     assert line["regimen"] == "cisplatin + paclitaxel" and line["line"] == 1
     assert pathway["citations"] and all(c["url"].startswith("https://") for c in pathway["citations"])
@@ -52,22 +51,21 @@ def test_austin_nsclc_stage_one(client, nav):
 
 @requires_data
 def test_as_of_moves_the_clock(client, nav):
-    body = post(client, nav, synthea("Austin_Franecki").read_bytes(), "?asOf=1989-12-01").get_json()
-    (surveillance,) = [s for s in body["pathways"][0]["nextSteps"] if s["step"]["id"] == "nsclc.surveillance"]
-    assert surveillance["due"] == "1990-01-20" and surveillance["overdue"] is False
-    assert "overdue" not in {g["kind"] for g in body["pathways"][0]["gaps"]}
-
-
-@requires_data
-def test_sherman_has_two_pathways(client, nav):
-    body = post(client, nav, synthea("Sherman_McGlynn").read_bytes()).get_json()
-    assert [p["id"] for p in body["pathways"]] == ["prostate", "sclc"]
-    assert all(p["position"] for p in body["pathways"])
+    # Sherman (alive until 2012): PSA surveillance falls due on 2003-07-07.
+    before = post(client, nav, synthea("Sherman_McGlynn").read_bytes(), "?asOf=2003-07-01").get_json()
+    after = post(client, nav, synthea("Sherman_McGlynn").read_bytes(), "?asOf=2004-01-01").get_json()
+    for body, overdue in ((before, False), (after, True)):
+        assert body["deceased"] is None
+        prostate = next(p for p in body["pathways"] if p["id"] == "prostate")
+        (surveillance,) = [s for s in prostate["nextSteps"] if s["step"]["id"] == "prostate.surveillance"]
+        assert surveillance["due"] == "2003-07-07" and surveillance["overdue"] is overdue
+        assert ("overdue" in {g["kind"] for g in prostate["gaps"]}) is overdue
 
 
 @requires_data
 def test_austin_as_fhir_guidance(client, nav):
-    bundle = validated(post(client, nav, synthea("Austin_Franecki").read_bytes(), "?asOf=2026-01-01&format=fhir"))
+    # As of the day before his death, Austin's record still asks for the stage's substage.
+    bundle = validated(post(client, nav, synthea("Austin_Franecki").read_bytes(), "?asOf=1989-07-24&format=fhir"))
     (response,) = resources(bundle, "GuidanceResponse")
     assert bundle["entry"][0]["resource"]["id"] == response["id"]  # the response first, then what it references
     assert response["moduleCanonical"] == CANONICAL.format("nsclc")
@@ -76,7 +74,6 @@ def test_austin_as_fhir_guidance(client, nav):
     assert message["code"] == "incomplete" and "needs stage IB" in message["diagnostics"]
     assert response["subject"]["reference"].startswith("Patient/")
     assert response["occurrenceDateTime"].endswith("Z")
-    assert response["reasonReference"][0]["reference"].startswith("Condition/")
     assert response["requestIdentifier"]["value"]
     notes = " ".join(n["text"] for n in response["note"])
     assert "Position: Adjuvant systemic therapy [treatment] (done, inferred, since 1989-07-20)" in notes
@@ -88,7 +85,7 @@ def test_austin_as_fhir_guidance(client, nav):
     steps, gaps = group["action"]
     assert (steps["title"], gaps["title"]) == ("Next steps", "Care gaps")
     (surveillance,) = steps["action"]
-    assert surveillance["timingDateTime"] == "1990-01-20" and surveillance["priority"] == "urgent"
+    assert surveillance["timingDateTime"] == "1990-01-20" and surveillance["priority"] == "routine"
     assert surveillance["code"][0]["coding"][0] == {
         "system": STEP_SYSTEM,
         "code": "nsclc.surveillance",
@@ -96,7 +93,23 @@ def test_austin_as_fhir_guidance(client, nav):
     }
     priorities = {a["code"][0]["coding"][0]["code"]: a["priority"] for a in gaps["action"]}
     assert {a["code"][0]["coding"][0]["system"] for a in gaps["action"]} == {CARE_GAP_SYSTEM}
-    assert priorities == {"missing-prerequisite": "urgent", "missing-information": "routine", "overdue": "urgent"}
+    assert priorities == {"missing-prerequisite": "urgent", "missing-information": "routine"}
+
+
+@requires_data
+def test_a_deceased_patient_gets_no_urgent_request(client, nav):
+    bundle = validated(post(client, nav, synthea("Austin_Franecki").read_bytes(), "?asOf=2026-01-01&format=fhir"))
+    groups = resources(bundle, "RequestGroup")
+    actions = [a for g in groups for section in g.get("action", []) for a in section.get("action", [])]
+    assert all(a["code"][0]["coding"][0]["code"] != "nsclc.surveillance" for a in actions)  # no next step
+    assert all(a.get("priority") != "urgent" or "missing-prerequisite" in json.dumps(a) for a in actions)
+
+
+@requires_data
+def test_sherman_has_two_pathways(client, nav):
+    body = post(client, nav, synthea("Sherman_McGlynn").read_bytes()).get_json()
+    assert [p["id"] for p in body["pathways"]] == ["prostate", "sclc"]
+    assert all(p["position"] for p in body["pathways"])
 
 
 @requires_data

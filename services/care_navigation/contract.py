@@ -72,8 +72,16 @@ class PathwayOut(Contract):
     citations: list[CitationOut]
 
 
+class DeceasedOut(Contract):
+    """The patient has died: navigation gives no next step and no actionable gap."""
+
+    date: str | None  # None for deceasedBoolean without a date
+    source: str
+
+
 class NavigationOut(Contract):
     patient: str
     as_of: str
     pathways: list[PathwayOut]
     disclaimer: str
+    deceased: DeceasedOut | None = None

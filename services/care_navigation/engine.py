@@ -8,6 +8,8 @@ Gaps come in three kinds:
 - ``missing-information``: a decision that cannot be taken for lack of a fact (no stage recorded).
 Treatments already given are checked line by line against the pathway as of their start date;
 those no pathway option supports are listed as off-pathway with the reason.
+A deceased patient gets no next step and no actionable gap (overdue, missing information): the
+position, past gaps and off-pathway treatment stay, read as of the death, and the output says so.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from graph.model import Node, Source
 from graph.queries import Criteria, Location, NextStep, PathwayQueries, WalkedNode
 from services.care_navigation.contract import (
     CitationOut,
+    DeceasedOut,
     EvidenceOut,
     GapOut,
     NavigationOut,
@@ -39,11 +42,29 @@ DISCLAIMER = (
 )
 
 
+ACTIONABLE_AFTER_DEATH = {"overdue", "missing-information"}  # gaps that ask for something to be done
+
+
 def navigate(record: PatientRecord, queries: PathwayQueries, as_of: date | None = None) -> NavigationOut:
     today = as_of or date.today()
+    patient = record.patient
+    died = patient.deceased.day if patient.deceased is not None else None
+    dead = (died is not None and died <= today) or (died is None and patient.deceased_flag)
+    if died is not None and died < today:
+        today = died  # the record ends at the death: read it as of then
+        as_of = died
     lines = lines_of_therapy(record)
     pathways = [_pathway(record, queries, location, today, lines) for location in queries.locate(record, as_of)]
-    return NavigationOut(patient=record.id, as_of=today.isoformat(), pathways=pathways, disclaimer=DISCLAIMER)
+    deceased = None
+    if dead:
+        deceased = DeceasedOut(date=patient.deceased.text if patient.deceased else None, source=patient.source)
+        pathways = [
+            p.model_copy(update={"next_steps": [], "gaps": [g for g in p.gaps if g.kind not in ACTIONABLE_AFTER_DEATH]})
+            for p in pathways
+        ]
+    return NavigationOut(
+        patient=record.id, as_of=today.isoformat(), pathways=pathways, disclaimer=DISCLAIMER, deceased=deceased
+    )
 
 
 def _pathway(

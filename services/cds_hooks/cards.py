@@ -108,10 +108,15 @@ def navigation_cards(nav: NavigationOut, link: dict[str, str] | None) -> list[di
     grouped: dict[str, list[PathwayOut]] = {}
     for pathway in nav.pathways:
         grouped.setdefault(pathway.id, []).append(pathway)
-    return [_navigation_card(group, nav.disclaimer, link) for group in grouped.values()]
+    died = None
+    if nav.deceased is not None:  # the record shows the death; nothing is proposed
+        died = f"Patient deceased ({md(nav.deceased.date[:10])})" if nav.deceased.date else "Patient deceased"
+    return [_navigation_card(group, nav.disclaimer, link, died) for group in grouped.values()]
 
 
-def _navigation_card(group: list[PathwayOut], disclaimer: str, link: dict[str, str] | None) -> dict[str, Any]:
+def _navigation_card(
+    group: list[PathwayOut], disclaimer: str, link: dict[str, str] | None, died: str | None = None
+) -> dict[str, Any]:
     first = group[0]
     gaps = [g for p in group for g in p.gaps]
     overdue = [s for p in group for s in p.next_steps if s.overdue]
@@ -121,6 +126,9 @@ def _navigation_card(group: list[PathwayOut], disclaimer: str, link: dict[str, s
     counts += [f"{len(off)} off-pathway line{'s' if len(off) != 1 else ''}"] if off else []
     text = f"{first.title}: at {at}" + (f" ({', '.join(counts)})" if counts else "")
     sections: list[str] = []
+    if died is not None:
+        text = f"{first.title}: {died}; last at {at}"
+        sections.append(f"**{died}.** No next steps are proposed; the record is read as of the death.")
     for pathway in group:
         sections.append(_pathway_detail(pathway, multiple=len(group) > 1))
     citations = {(c.url, c.section): c for p in group for c in p.citations}
@@ -129,7 +137,7 @@ def _navigation_card(group: list[PathwayOut], disclaimer: str, link: dict[str, s
             "**Sources**\n\n" + "\n".join(f"- {_cite(c.title, c.section, c.url)}" for c in citations.values())
         )
     sections.append(f"_{md(disclaimer)}_")
-    indicator = "warning" if gaps or overdue or off else "info"
+    indicator = "warning" if (gaps or overdue or off) and died is None else "info"
     return _card(text, indicator, "\n\n".join(sections), _source(list(citations.values())), link)
 
 

@@ -57,7 +57,11 @@ def patient_page(
     for event in timeline["events"]:
         event["lane"] = lane_of(event["kind"], bool(event.get("fromText")))
     page: dict[str, Any] = {
-        "patient": {**patient.entry.to_json(), "deceased": timeline["patient"].get("deceased")},
+        "patient": {
+            **patient.entry.to_json(),
+            "deceased": timeline["patient"].get("deceased"),
+            "isDeceased": timeline["patient"].get("isDeceased", False),
+        },
         "lanes": [{"id": lane, "title": title} for lane, title, _ in LANES],
         "timeline": {k: v for k, v in timeline.items() if k != "patient"},
         "navigation": None,

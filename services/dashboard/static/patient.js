@@ -199,7 +199,7 @@
       page = data;
       document.getElementById("patient-name").textContent = data.patient.name;
       // The title stays generic: titles go into the browser's history, which outlives the session.
-      status(`Born ${date(data.patient.birthDate)} · ${data.patient.gender || "gender unknown"}${data.patient.deceased ? ` · died ${date(data.patient.deceased)}` : ""}`);
+      status(`Born ${date(data.patient.birthDate)} · ${data.patient.gender || "gender unknown"}${data.patient.deceased ? ` · died ${date(data.patient.deceased)}` : data.patient.isDeceased ? " · deceased (date not recorded)" : ""}`);
       renderSummary();
       renderTimeline();
       renderNavigation();
