@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from functools import cached_property, lru_cache
 from typing import Literal, TypeVar
@@ -95,6 +95,20 @@ def combine(op: Literal["all", "any"], label: str, children: Iterable[Evaluation
     status = decisive if decisive in statuses else UNKNOWN if UNKNOWN in statuses else other
     dates = [c.latest for c in kids if c.latest is not None and c.status == status]
     return Evaluation(status, label, op, children=kids, latest=max(dates, default=None))
+
+
+def deciding_leaves(ev: Evaluation, status: Status | None = None) -> list[Evaluation]:
+    """The leaves that give a tree its ``status`` (all leaves when None). Under a NOT the deciding
+    leaf has the opposite status; it is returned labelled "not ..."."""
+    if ev.op == "leaf":
+        return [ev] if status is None or ev.status == status else []
+    if ev.op == "not" and status is not None:
+        inner: Status = {SATISFIED: UNSATISFIED, UNSATISFIED: SATISFIED}.get(status, status)
+        found = deciding_leaves(ev.children[0], inner)
+        return [replace(leaf, label=f"not {leaf.label}") for leaf in found] if found else []
+    if status is not None and ev.status != status:
+        return []
+    return [leaf for child in ev.children for leaf in deciding_leaves(child, status)]
 
 
 class Attribution:

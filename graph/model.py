@@ -117,7 +117,8 @@ class Source:
     accessed: str  # ISO date the content was read
 
 
-def _ingredients(codes: tuple[Code, ...]) -> tuple[str, ...]:
+def drug_ingredients(codes: tuple[Code, ...]) -> tuple[str, ...]:
+    """The ingredient names a drug item is coded with (its ingredient codes and RxNorm codes)."""
     named = tuple(c.code for c in codes if c.system == INGREDIENT)
     return (*named, *terminology().identify_drug([c for c in codes if c.system == RXNORM]).ingredients)
 
@@ -152,7 +153,7 @@ class Node:
         the RxNorm table does not know still meets the drug by its ingredient."""
         keys = [f"{c.system}|{c.code}" for c in self.codes]
         if self.activity == "drug":
-            keys += [f"{INGREDIENT}|{name}" for name in _ingredients(self.codes)]
+            keys += [f"{INGREDIENT}|{name}" for name in drug_ingredients(self.codes)]
         if self.activity == "test" and self.done_when is not None:
             keys += [f"{MARKER}|{name}" for name in _markers(self.done_when)]
         return tuple(dict.fromkeys(keys))

@@ -24,7 +24,7 @@ from typing import Literal
 
 from graph.conditions import AllOf, AnyOf, Condition, Leaf, Not, describe
 from graph.facts import SATISFIED, UNKNOWN, UNSATISFIED, Attribution, Evaluation, PatientFacts, Status, combine
-from graph.model import ORDERABLE, Edge, EdgeKind, Node, NodeKind, PathwayInfo, Source, StepKind
+from graph.model import ORDERABLE, Edge, EdgeKind, Node, NodeKind, PathwayInfo, Source, StepKind, drug_ingredients
 from graph.store import PathwayStore, latest
 from shared.fhir.record import INGREDIENT, MARKER, RXNORM, CancerCondition, Order, PatientRecord
 from shared.terminology import terminology
@@ -144,6 +144,7 @@ class PathwayQueries:
                 raise LookupError(f"pathway {pathway_id}@{version} is not loaded")
             chosen[pathway_id] = pinned[0]
         self.active = sorted(chosen.values(), key=lambda i: i.id)
+        self._drugs: dict[tuple[str, str], frozenset[str]] = {}  # orderable -> its ingredients
 
     # -- which pathways ----------------------------------------------------------------------------
     def pathways_for(
@@ -451,6 +452,21 @@ class PathwayQueries:
             label = f"{match.info.title}: {orderable.title} at {path}"
             out.append(Alternative(match.info, match.cancer, orderable, step, route, combine("all", label, parts)))
         return out
+
+    def drugs_of(self, key: str, node: Node) -> frozenset[str]:
+        """The ingredients an orderable gives: a drug's own, or every drug a regimen includes."""
+        cache_key = (key, node.id)
+        found = self._drugs.get(cache_key)
+        if found is None:
+            if node.kind is NodeKind.REGIMEN:
+                parts = [
+                    self.store.node(key, e.target) for e in self.store.edges_from(key, node.id, (EdgeKind.INCLUDES,))
+                ]
+                found = frozenset(d for part in parts if part is not None for d in self.drugs_of(key, part))
+            else:
+                found = frozenset(drug_ingredients(node.codes)) if node.activity == "drug" else frozenset()
+            self._drugs[cache_key] = found
+        return found
 
     def _title(self, key: str, node_id: str) -> str:
         node = self.store.node(key, node_id)

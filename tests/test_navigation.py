@@ -362,9 +362,9 @@ def test_austin_cisplatin_paclitaxel_for_stage_i_is_off_pathway(queries: Pathway
     (line,) = p.off_pathway
     assert line.line == 1 and line.regimen == "cisplatin + paclitaxel" and line.start.startswith("1985-07-26")
     assert line.sources and all(s.startswith("MedicationRequest/") for s in line.sources)
-    (paclitaxel,) = line.reason.split(" | ")  # adjuvant cisplatin cannot be ruled out for stage I (IB?)
-    assert paclitaxel.startswith("paclitaxel is offered only where it does not apply here")
-    assert "stage III" in paclitaxel  # with radiation only for stage III
+    # The line is judged as one regimen: only the metastatic first-line doublet gives both drugs.
+    assert line.reason.startswith("cisplatin + paclitaxel matches Carboplatin or cisplatin + paclitaxel at First-line")
+    assert line.reason.endswith("not met: metastatic disease")
     assert "nsclc.biomarkers" in _gaps(p, "missing-prerequisite")
     assert _next(p) == {}  # surveillance would fall due in 1990, after the death
 
@@ -399,3 +399,18 @@ def test_second_line_fixture_bundle(queries: PathwayQueries) -> None:
     assert _position(p) == ["nsclc.advanced.first-line"] and p.position[0].since == "2024-04-04"
     assert p.off_pathway == [] and _gaps(p, "missing-prerequisite") == {}
     assert _next(p)["nsclc.advanced.subsequent"] == (None, False)
+
+
+def test_a_line_is_judged_as_the_regimens_that_give_its_drugs(queries: PathwayQueries) -> None:
+    """ADT + docetaxel for metastatic hormone-sensitive prostate cancer is one standard line: the
+    ADT backbone and the docetaxel option, not docetaxel matched to one regimen and leuprolide to
+    another; the same line for a stage I tumour fails on the docetaxel option's setting."""
+    metastatic = patient("prostate", gender="male", stage="IVB", ecog=1)
+    give(metastatic, "leuprolide", "docetaxel", on="2024-02-01")
+    assert _only(navigate(metastatic, queries, as_of=date(2024, 6, 1)), "prostate").off_pathway == []
+    localized = patient("prostate", gender="male", stage="I", ecog=1, markers={"PSA": 5.0, "Gleason": 6.0})
+    give(localized, "leuprolide", "docetaxel", on="2024-02-01")
+    (line,) = _only(navigate(localized, queries, as_of=date(2024, 6, 1)), "prostate").off_pathway
+    assert line.regimen == "docetaxel + leuprolide"
+    docetaxel = next(part for part in line.reason.split(" | ") if part.startswith("docetaxel matches"))
+    assert "metastatic" in docetaxel and "leuprolide matches" not in docetaxel

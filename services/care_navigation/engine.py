@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from graph.facts import SATISFIED, UNSATISFIED, Evaluation, Evidence, PatientFacts
+from graph.facts import SATISFIED, UNSATISFIED, Evaluation, Evidence, PatientFacts, deciding_leaves
 from graph.model import Node, Source
 from graph.queries import Criteria, Location, NextStep, PathwayQueries, WalkedNode
 from services.care_navigation.contract import (
@@ -199,31 +199,52 @@ def _required_node(queries: PathwayQueries, location: Location, node: Node, labe
 def _off_pathway(
     record: PatientRecord, queries: PathwayQueries, location: Location, line: TherapyLine
 ) -> OffPathwayOut | None:
-    """A line is on-pathway when every drug in it is offered, under conditions the patient met
-    (or that cannot be ruled out) at the line's start; otherwise it is listed with the reason."""
-    reasons = []
+    """A line is judged as regimens of the pathway, not drug by drug: the options that give most
+    of its drugs at once (then the best-fitting, then the one with fewest other drugs) are chosen
+    until every drug is given by one ("leuprolide + docetaxel" is the ADT backbone and ADT +
+    docetaxel), each evaluated as of the line's start in the line's own setting. The line is
+    on-pathway when every chosen option applies or cannot be ruled out; otherwise it is listed
+    with the unmet criteria of the options that fail."""
+    key = location.info.key
     terms = terminology()
-    for drug in line.drugs:
-        found = terms.drug_by_name(drug)
-        code = Code(RXNORM, found.rxcuis[0] if found and found.rxcuis else "", drug)
-        order = Order(line.sources[0], code, "completed", "order", line.start, (location.match.cancer.source,), (drug,))
-        criteria = queries.criteria_for(order, record, exclude=line.sources)
-        criteria = _only(criteria, location.info.key)
-        if criteria.tree is None:
-            reasons.append(f"{drug} is not an option of the {location.info.title} pathway")
-        elif criteria.tree.status == UNSATISFIED:
-            best = criteria.alternatives[0]
-            failing = [leaf.label for leaf in _leaves(best.evaluation) if leaf.status == UNSATISFIED]
-            reasons.append(
-                f"{drug} is offered only where it does not apply here, e.g. {best.orderable.title} "
-                f"at {best.step.title}: not met: {'; '.join(dict.fromkeys(failing))}"
-            )
-    if not reasons:
-        return None
-    start = line.start.text if isinstance(line.start, FhirTime) else str(line.start)
-    return OffPathwayOut(
-        line=line.line, regimen=line.regimen, start=start, sources=line.sources[:10], reason=" | ".join(reasons)
+    first = terms.drug_by_name(line.drugs[0])
+    code = Code(RXNORM, first.rxcuis[0] if first and first.rxcuis else "", line.regimen)
+    order = Order(
+        line.sources[0], code, "completed", "order", line.start, (location.match.cancer.source,), tuple(line.drugs)
     )
+    criteria = _only(queries.criteria_for(order, record, exclude=line.sources), key)
+    remaining = set(line.drugs)
+    reasons: list[str] = []
+    while remaining:
+        giving = [a for a in criteria.alternatives if remaining & queries.drugs_of(key, a.orderable)]
+        if not giving:
+            reasons += [f"{drug} is not an option of the {location.info.title} pathway" for drug in sorted(remaining)]
+            break
+        best = min(
+            giving,
+            key=lambda a: (
+                -len(remaining & queries.drugs_of(key, a.orderable)),
+                _RANK[a.evaluation.status],
+                len(queries.drugs_of(key, a.orderable) - set(line.drugs)),
+            ),
+        )
+        covered = remaining & queries.drugs_of(key, best.orderable)
+        remaining -= covered
+        if best.evaluation.status == UNSATISFIED:
+            failing = [leaf.label for leaf in deciding_leaves(best.evaluation, UNSATISFIED)]
+            reasons.append(
+                f"{' + '.join(sorted(covered))} matches {best.orderable.title} at {best.step.title}, which does "
+                f"not apply here: not met: {'; '.join(dict.fromkeys(failing))}"
+            )
+    return _off(line, " | ".join(reasons)) if reasons else None
+
+
+_RANK = {SATISFIED: 0, "unknown": 1, UNSATISFIED: 2}
+
+
+def _off(line: TherapyLine, reason: str) -> OffPathwayOut:
+    start = line.start.text if isinstance(line.start, FhirTime) else str(line.start)
+    return OffPathwayOut(line=line.line, regimen=line.regimen, start=start, sources=line.sources[:10], reason=reason)
 
 
 def _only(criteria: Criteria, key: str) -> Criteria:

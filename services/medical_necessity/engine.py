@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from graph.facts import SATISFIED, UNKNOWN, UNSATISFIED, Evaluation, Status, combine
+from graph.facts import SATISFIED, UNKNOWN, UNSATISFIED, Evaluation, Status, combine, deciding_leaves
 from graph.model import Source
 from graph.queries import Alternative, Criteria, PathwayQueries, order_code_keys
 from services.medical_necessity.contract import (
@@ -122,9 +122,11 @@ def _determine(
     status = best.evaluation.status
     determination = OUTCOME[status]
     deciding = (
-        [] if status == SATISFIED else list(dict.fromkeys(leaf.label for leaf in _leaves(best.evaluation, status)))
+        []
+        if status == SATISFIED
+        else list(dict.fromkeys(leaf.label for leaf in deciding_leaves(best.evaluation, status)))
     )
-    used = [judged.verdicts[leaf.label] for leaf in _leaves(best.evaluation) if leaf.label in judged.verdicts]
+    used = [judged.verdicts[leaf.label] for leaf in deciding_leaves(best.evaluation) if leaf.label in judged.verdicts]
     # Only an undecided determination can turn on what a reviewer finds in the notes.
     needs_review = status == UNKNOWN and any(j.verdict == "needs-review" for j in used)
     decided_by_judge = [j for j in used if j.verdict != "needs-review"]
@@ -278,23 +280,10 @@ class _Judging:
         )
 
 
-def _leaves(ev: Evaluation, status: Status | None = None) -> list[Evaluation]:
-    if ev.op == "leaf":
-        return [ev] if status is None or ev.status == status else []
-    if ev.op == "not" and status is not None:
-        # under a NOT, the leaf that decides has the opposite status
-        inner: Status = {SATISFIED: UNSATISFIED, UNSATISFIED: SATISFIED}.get(status, status)
-        found = _leaves(ev.children[0], inner)
-        return [replace(leaf, label=f"not {leaf.label}") for leaf in found] if found else []
-    if status is not None and ev.status != status:
-        return []
-    return [leaf for child in ev.children for leaf in _leaves(child, status)]
-
-
 def _rank(alternative: Alternative) -> tuple[int, int]:
     """Satisfied first, then unknown, then unsatisfied; within a status the closest to passing."""
     status = alternative.evaluation.status
-    blocking = len(_leaves(alternative.evaluation, status)) if status != SATISFIED else 0
+    blocking = len(deciding_leaves(alternative.evaluation, status)) if status != SATISFIED else 0
     return ({SATISFIED: 0, UNKNOWN: 1, UNSATISFIED: 2}[status], blocking)
 
 
