@@ -67,7 +67,11 @@ class CitationOut(Contract):
 class DeterminationOut(Contract):
     order: OrderOut
     determination: Determination
-    confidence: float
+    # How far a reviewer can rely on the determination as given, on [0, 1]: 0.95 when coded facts
+    # decide it, 0.9 for an item off the pathway, 0.9 x the jury's majority share when judged notes
+    # decide it, 0.6 for insufficient documentation (the missing fact may exist outside the record),
+    # 0.5 when a person must read notes or no pathway applies. Not a probability of the clinical fact.
+    confidence: float = Field(ge=0, le=1)
     needs_review: bool  # a person must look: free-text criteria nobody could judge
     pathway: str | None  # the pathway key of the best alternative, e.g. "nsclc@2026.11"
     option: str | None  # the regimen/activity node it was matched to
