@@ -9,6 +9,7 @@ it reaches. Triggers that overlap a mention are ignored: the words belong to the
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,10 +52,20 @@ class ConText:
         if not ents:
             return doc
         scopes = self.scopes(doc, ents)
+        if not scopes:
+            return doc
+        # A scope never leaves its sentence: look only at the scopes of the mention's sentence(s),
+        # so the work grows with the note, not with mentions x modifiers.
+        starts = sentence_starts(doc)
+        by_sentence: dict[int, list[tuple[int, int, str]]] = {}
+        for scope in scopes:
+            by_sentence.setdefault(bisect_right(starts, max(scope[0], 0)) - 1, []).append(scope)
         for ent in ents:
-            for begin, end, flag in scopes:
-                if ent.start < end and ent.end > begin:
-                    setattr(ent._, flag, True)
+            first, last = bisect_right(starts, ent.start) - 1, bisect_right(starts, max(ent.end - 1, ent.start)) - 1
+            for k in range(first, last + 1):
+                for begin, end, flag in by_sentence.get(k, ()):
+                    if ent.start < end and ent.end > begin:
+                        setattr(ent._, flag, True)
         return doc
 
     def scopes(self, doc: Doc, mentions: Sequence[Span]) -> list[tuple[int, int, str]]:
@@ -68,12 +79,16 @@ class ConText:
         if not triggers:
             return []
         starts = sentence_starts(doc)
+        stops_in: dict[int, list[Span]] = {}  # sentence -> its TERMINATE triggers
+        for span, rule in triggers:
+            if rule.category == "TERMINATE":
+                stops_in.setdefault(bisect_right(starts, span.start) - 1, []).append(span)
         scopes: list[tuple[int, int, str]] = []  # (first token, end token, flag) of every modifier
         for span, rule in triggers:
             if rule.category not in FLAG_OF:
                 continue
             lo, hi = sentence_bounds(doc, starts, span.start)
-            stops = [t for t, r in triggers if r.category == "TERMINATE" and lo <= t.start < hi]
+            stops = stops_in.get(bisect_right(starts, span.start) - 1, [])
             flag = FLAG_OF[rule.category]
             if rule.direction in ("forward", "bidirectional"):
                 end = min([hi, *(t.start for t in stops if t.start >= span.end)])

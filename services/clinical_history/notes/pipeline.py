@@ -98,6 +98,7 @@ def _window(text: str, start: int, end: int, m_start: int, m_end: int) -> str:
 def mentions_from_doc(doc: Doc, source: str) -> list[NoteMention]:
     starts = sentence_starts(doc)
     codes = _drug_codes()
+    text = doc.text  # Doc.text rebuilds the whole note from its tokens: read it once, not per mention
     out: list[NoteMention] = []
     for ent in doc.ents:
         kind: MentionKind | None = KINDS.get(ent.label_)  # type: ignore[assignment]
@@ -119,7 +120,7 @@ def mentions_from_doc(doc: Doc, source: str) -> list[NoteMention]:
                 historical=ent._.oncotwin_historical,
                 section=ent._.oncotwin_section,
                 note_source=source,
-                sentence=_window(doc.text, sentence.start_char, sentence.end_char, ent.start_char, ent.end_char),
+                sentence=_window(text, sentence.start_char, sentence.end_char, ent.start_char, ent.end_char),
                 family=ent._.oncotwin_family,
             )
         )
