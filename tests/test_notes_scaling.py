@@ -6,6 +6,7 @@ mention was checked against every modifier). Work is counted, not timed: every f
 from __future__ import annotations
 
 import sys
+from itertools import pairwise
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -55,7 +56,7 @@ def test_note_work_grows_linearly_with_its_length():
     build_pipeline()
     sizes = (10_000, 100_000, 1_000_000)
     measured = [work((UNIT * (n // len(UNIT) + 1))[:n]) for n in sizes]
-    for (small, large), (n_small, n_large) in zip(zip(measured, measured[1:]), zip(sizes, sizes[1:])):
+    for (small, n_small), (large, n_large) in pairwise(zip(measured, sizes, strict=True)):
         growth = n_large / n_small  # 10x
         for kind, a, b in (("calls", small[0], large[0]), ("lines", small[1], large[1])):
             assert b / a <= growth * 1.25, f"{kind}: {a} -> {b} for {n_small} -> {n_large} characters"
