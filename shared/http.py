@@ -29,6 +29,7 @@ from shared.errors import (
     UnsupportedMediaType,
     operation_outcome,
 )
+from shared.openapi import probes_document
 
 log = logging.getLogger("oncotwin.http")
 FHIR_JSON = "application/fhir+json"
@@ -103,6 +104,11 @@ def make_app(import_name: str, settings: Settings | None = None, verifier: Token
     def ready() -> Response:
         # Ready once settings loaded and the token keys can be read (verifier built above).
         return jsonify({"status": "ready"})
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        # The probes above (OpenAPI 3.1); each service blueprint serves its own document under its prefix.
+        return jsonify(probes_document())
 
     return app
 

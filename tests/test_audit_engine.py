@@ -3,7 +3,9 @@ in-process runs of every step, reports, and the HTTP API with an inline queue.""
 
 from __future__ import annotations
 
+import base64
 import csv
+import hashlib
 import io
 import json
 import re
@@ -16,9 +18,16 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
-from services.medical_necessity.audit import store
+from services.medical_necessity.audit import run, store
 from services.medical_necessity.audit.inputs import FILE, FOLDER, enumerate_paths, key
-from services.medical_necessity.audit.report import report_csv, report_html, report_json
+from services.medical_necessity.audit.report import (
+    CSV_COLUMNS,
+    HTML_CSP,
+    LIST_SEPARATOR,
+    report_csv,
+    report_html,
+    report_json,
+)
 from services.medical_necessity.audit.run import Auditor, Work
 from services.medical_necessity.engine import REVIEWABLE_STATUSES, orders_to_review
 from shared.config import Settings, load_settings
@@ -26,8 +35,10 @@ from shared.errors import InvalidInput, UpstreamError
 from shared.fhir.codes import codings, concept_text
 from shared.fhir.ingest import load_path
 from shared.fhir.parse import read_path
+from shared.fhir.record import PatientRecord
 from shared.llm import LLMUnavailable
 from shared.terminology import terminology
+from tests.builders import order_for, patient
 from tests.celery_support import postgres_database, servers_available
 from tests.conftest import FHIR, requires_data, synthea
 
@@ -378,10 +389,222 @@ def test_reports_in_three_formats(auditor: Auditor, tmp_path: Path) -> None:
     }
 
     html = report_html(status, rows)
-    assert html.count("<svg") == 3  # by determination, by cancer, by drug
+    assert html.count("<svg") == 3  # by determination, by pathway, by drug
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # no external asset
-    assert "<script" not in html
-    assert "Leucovorin" in html and "colon" in html
+    assert html.count("<script") == 1 and not re.search(r"<script[^>]*src", html)  # the inline filter only
+    assert "Leucovorin" in html and "colon@" in html
+
+
+# -- what a reviewer needs to act on a row, on both stores ------------------------------------------------
+
+# One constructed patient per determination (the cases of tests/data/necessity_cases.yaml).
+CASES = {
+    "meets": ("nsclc", {"stage": "IVA", "markers": {"EGFR": "positive", "ALK": "negative"}}, "osimertinib"),
+    "does-not-meet": (
+        "nsclc",
+        {"stage": "IVB", "markers": {"EGFR": "negative", "ALK": "negative", "PD-L1": 10.0}},
+        "osimertinib",
+    ),
+    "insufficient-documentation": ("nsclc", {"stage": "IVA"}, "osimertinib"),
+    "not-on-any-pathway": ("rectum", {"stage": "IIIB"}, "oxaliplatin"),
+}
+
+
+def case_records() -> list[PatientRecord]:
+    records = []
+    for expected, (cancer, facts, drug) in CASES.items():
+        record = patient(cancer, **facts)  # type: ignore[arg-type]
+        record.patient.id = expected
+        record.orders.append(order_for(drug, on="2024-02-01", reference=f"MedicationRequest/{expected}"))
+        records.append(record)
+    return records
+
+
+@pytest.fixture
+def determined(db_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Auditor, str]:
+    """An audit of one input holding the four constructed patients, run on the store under test."""
+    (tmp_path / "cases.json").write_text("{}")
+    monkeypatch.setattr(run, "read_input", lambda ref, settings: case_records())
+    auditor = Auditor(db_settings)
+    audit_id, work = auditor.start([tmp_path / "cases.json"], root=tmp_path)
+    drain(auditor, audit_id, work)
+    return auditor, audit_id
+
+
+def test_a_row_of_each_determination_carries_what_a_reviewer_needs(determined: tuple[Auditor, str]) -> None:
+    auditor, audit_id = determined
+    rows = {r.patient: r for r in store.rows(Auditor(auditor.settings).db, audit_id)}  # as a restarted worker
+    assert {p: r.determination for p, r in rows.items()} == {p: p for p in CASES}
+
+    meets = rows["meets"]
+    assert (meets.pathway, meets.details["option"]) == ("nsclc@2026.11", "nsclc.rx.osimertinib")
+    assert meets.details["deciding"] == meets.details["missing"] == []
+    assert {"criterion": "EGFR positive", "reference": "Observation/m0", "value": "positive", "date": "2024-01-10"} in (
+        meets.details["evidence"]
+    )
+    assert meets.details["rationale"].startswith("osimertinib (MedicationRequest/meets) meets the Non-small cell")
+
+    fails = rows["does-not-meet"]
+    assert fails.pathway == "nsclc@2026.11" and "EGFR positive" in fails.details["deciding"]
+    assert fails.details["missing"] == []
+    assert ("EGFR positive", "Observation/m0") in {(e["criterion"], e["reference"]) for e in fails.details["evidence"]}
+    assert {e["criterion"] for e in fails.details["evidence"]} <= set(fails.details["deciding"])  # deciding leaves only
+
+    unknown = rows["insufficient-documentation"]
+    assert unknown.pathway == "nsclc@2026.11" and unknown.details["option"] == "nsclc.rx.osimertinib"
+    missing = unknown.details["missing"]
+    assert "EGFR positive" in missing and "EGFR mutation result on record" in missing
+    assert set(missing) == {d.removeprefix("not ") for d in unknown.details["deciding"]}  # the undocumented leaves
+    assert "not documented: " in unknown.details["rationale"]
+
+    nowhere = rows["not-on-any-pathway"]
+    assert (nowhere.pathway, nowhere.details["option"], nowhere.needs_review) == (None, None, True)
+    assert nowhere.details["deciding"] == nowhere.details["missing"] == nowhere.details["evidence"] == []
+    assert "no pathway applies" in nowhere.details["rationale"]
+
+    for row in rows.values():  # a redelivered order task writes nothing, the review fields included
+        assert not auditor.evaluate(audit_id, row.order_key, FILE + "x", row.patient or "", row.reference or "", 0)
+    again = {r.patient: (r.finished, r.detail) for r in store.rows(auditor.db, audit_id)}
+    assert again == {p: (r.finished, r.detail) for p, r in rows.items()}
+
+
+def test_the_reports_carry_the_review_fields(determined: tuple[Auditor, str]) -> None:
+    auditor, audit_id = determined
+    status, rows = store.status(auditor.db, audit_id), store.rows(auditor.db, audit_id)
+
+    text = report_csv(rows)
+    header, *_ = text.splitlines()
+    assert header.split(",") == list(CSV_COLUMNS)
+    assert {"pathway", "option", "deciding", "missing_facts", "rationale", "evidence"} <= set(CSV_COLUMNS)
+    lines = {r["patient"]: r for r in csv.DictReader(io.StringIO(text))}
+    unknown = lines["insufficient-documentation"]
+    assert (unknown["order_reference"], unknown["code"], unknown["display"]) == (
+        "MedicationRequest/insufficient-documentation",
+        "1721560",
+        "osimertinib",
+    )
+    assert (unknown["pathway"], unknown["option"]) == ("nsclc@2026.11", "nsclc.rx.osimertinib")
+    assert "EGFR positive" in unknown["missing_facts"].split(LIST_SEPARATOR)
+    assert unknown["deciding"] and unknown["rationale"].startswith("osimertinib (")
+    assert "Observation/m0" in lines["does-not-meet"]["evidence"].split(LIST_SEPARATOR)
+    assert lines["not-on-any-pathway"]["pathway"] == lines["not-on-any-pathway"]["evidence"] == ""
+
+    doc = json.loads(json.dumps(report_json(status, rows)))
+    assert doc["audit"]["counts"]["byPathway"] == {"nsclc@2026.11": 3, "none": 1}
+    row = {r["patient"]: r for r in doc["rows"]}["does-not-meet"]
+    assert {"pathway", "option", "deciding", "missingFacts", "rationale", "evidence", "needsReview"} <= set(row)
+    assert row["order"] == {
+        "reference": "MedicationRequest/does-not-meet",
+        "code": {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "1721560", "display": "osimertinib"},
+    }
+    assert row["pathway"] == "nsclc@2026.11" and "EGFR positive" in row["deciding"] and row["missingFacts"] == []
+    assert any(e["reference"] == "Observation/m0" for e in row["evidence"])
+
+    html = report_html(status, rows)
+    for name in ("determination", "pathway", "drug"):
+        assert f'<select name="{name}"><option value="">all</option>' in html
+    assert '<option value="nsclc@2026.11">' in html and '<option value="not-on-any-pathway">' in html
+    assert '<option value="osimertinib">' in html and '<option value="oxaliplatin">' in html
+    assert "By pathway" in html and "By cancer" not in html and "rectum" not in html
+    assert html.count("<details>") == 4
+    unknown_row = next(r for r in html.split("<tr ") if "MedicationRequest/insufficient-documentation" in r)
+    assert 'data-determination="insufficient-documentation" data-pathway="nsclc@2026.11"' in unknown_row
+    assert "<dt>Missing facts</dt><dd><ul><li>EGFR positive</li>" in unknown_row
+    for part in ("<dt>Deciding criteria</dt>", "<dt>Rationale</dt><dd>osimertinib (", "<dt>Evidence</dt>"):
+        assert part in unknown_row
+    assert "Observation/m0 (EGFR positive: negative, 2024-01-10)" in html  # the does-not-meet row's evidence
+
+
+def test_the_html_filters_and_details_work_in_a_browser_under_the_report_policy(
+    determined: tuple[Auditor, str], db_settings: Settings
+) -> None:
+    from services.dashboard.testing import chromium, chromium_path
+
+    if db_settings.database.startswith("postgresql"):
+        pytest.skip("the page does not depend on the store (run once, on SQLite)")
+    if chromium_path() is None:
+        pytest.skip("chromium is not installed (make browser)")
+    from playwright.sync_api import expect, sync_playwright
+
+    auditor, audit_id = determined
+    html = report_html(store.status(auditor.db, audit_id), store.rows(auditor.db, audit_id))
+    headers = {"Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": HTML_CSP}
+    with sync_playwright() as playwright, chromium(playwright) as browser:
+        page = browser.new_page()
+        problems: list[str] = []
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.route("http://audit.test/report", lambda route: route.fulfill(status=200, body=html, headers=headers))
+        page.goto("http://audit.test/report")  # served as the API serves it, offline
+        shown, count = page.locator("#orders tbody tr:visible"), page.locator("#shown")
+        expect(count).to_have_text("4 of 4 rows shown")  # (expect waits for the page to catch up)
+        expect(shown).to_have_count(4)
+        page.select_option("select[name=pathway]", "nsclc@2026.11")
+        expect(count).to_have_text("3 of 4 rows shown")
+        page.select_option("select[name=determination]", "insufficient-documentation")
+        expect(shown).to_have_count(1)
+        expect(shown).to_contain_text("MedicationRequest/insufficient-documentation")
+        page.select_option("select[name=drug]", "oxaliplatin")
+        expect(shown).to_have_count(0)
+        page.click("button[type=reset]")
+        expect(count).to_have_text("4 of 4 rows shown")
+        row = page.locator("tr[data-determination=insufficient-documentation]")
+        expect(row.locator("dd").first).to_be_hidden()
+        row.locator("summary").click()
+        expect(row.locator("details")).to_have_attribute("open", "")
+        expect(row.locator("dl")).to_contain_text("EGFR positive")
+        assert problems == []  # no script error, no policy violation
+
+
+def test_an_old_database_and_its_rows_still_report(db_settings: Settings) -> None:
+    from sqlalchemy import inspect, text
+
+    from shared.db import engine as db_engine
+    from shared.db import sessions
+
+    engine = db_engine(db_settings)  # the tables as this release creates them, then as the last one did
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE necessity_audit_orders DROP COLUMN detail"))
+    db, order_rows = sessions(db_settings), store.OrderRows(db_settings)  # the last release's writes
+    ref = FILE + "/data/old.json"
+    audit_id = store.create_audit(db, [(key(ref), ref, "old.json")])
+    old = {"order_key": key(ref, "1"), "input": "old.json", "patient": "p", "reference": "MedicationRequest/1"}
+    new = old | {"order_key": key(ref, "2"), "reference": "MedicationRequest/2"}
+    store.add_orders(db, audit_id, key(ref), [old, new])
+    with order_rows.connect() as conn:
+        values = {"state": store.DONE, "determination": "meets", "confidence": 0.95, "pathway": "nsclc@2026.11"}
+        assert order_rows.finish(conn, audit_id, old["order_key"], values)
+
+    auditor = Auditor(db_settings)  # this release starting on that database: the column is added once
+    with engine.connect() as conn:
+        assert "detail" in {c["name"] for c in inspect(conn).get_columns("necessity_audit_orders")}
+    store.upgrade(engine)  # again: nothing to do
+    detail = {"option": "nsclc.rx.osimertinib", "deciding": [], "missing": [], "rationale": "r", "evidence": []}
+    with auditor.rows.connect() as conn:
+        assert auditor.rows.finish(conn, audit_id, new["order_key"], values | {"detail": json.dumps(detail)})
+    rows = store.rows(auditor.db, audit_id)
+    assert [r.detail for r in rows] == [None, json.dumps(detail)]
+    status = store.status(auditor.db, audit_id)
+
+    first, second = report_json(status, rows)["rows"]
+    assert (first["pathway"], first["option"], first["deciding"], first["missingFacts"]) == (
+        "nsclc@2026.11",
+        None,
+        [],
+        [],
+    )
+    assert (first["rationale"], first["evidence"]) == (None, [])
+    assert (second["option"], second["rationale"]) == ("nsclc.rx.osimertinib", "r")
+    assert report_json(status, rows)["audit"]["counts"]["byPathway"] == {"nsclc@2026.11": 2}
+    line = next(csv.DictReader(io.StringIO(report_csv(rows))))
+    assert (line["determination"], line["pathway"], line["deciding"], line["rationale"]) == (
+        "meets",
+        "nsclc@2026.11",
+        "",
+        "",
+    )
+    html = report_html(status, rows)
+    assert "<dt>Rationale</dt><dd>not recorded</dd>" in html and html.count("<details>") == 2
 
 
 def test_csv_cells_that_look_like_formulas_are_defused() -> None:
@@ -439,6 +662,10 @@ def test_http_audit_lifecycle(api: tuple[FlaskClient, Callable[..., dict[str, st
     assert csv_report.mimetype == "text/csv" and csv_report.get_data(as_text=True).count("\n") == 6
     html = client.get(f"/necessity/v1/audits/{audit_id}/report?format=html", headers=headers())
     assert html.mimetype == "text/html" and b"<svg" in html.data
+    assert html.headers["Content-Security-Policy"] == HTML_CSP  # its own inline script and style, nothing else
+    script = html.get_data(as_text=True).split("<script>")[1].split("</script>")[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}';" in HTML_CSP and "default-src 'none'" in HTML_CSP
     assert client.post(f"/necessity/v1/audits/{audit_id}/cancel", headers=headers()).get_json()["state"] == "finished"
     assert client.post(f"/necessity/v1/audits/{audit_id}/resume", headers=headers()).status_code == 202
 

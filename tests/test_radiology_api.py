@@ -155,7 +155,8 @@ def test_auth(radiology: FlaskClient, mint: Callable[..., str]) -> None:
 
 def test_openapi(radiology: FlaskClient, headers: dict[str, str]) -> None:
     doc = radiology.get("/radiology/v1/openapi.json", headers=headers).get_json()
-    assert set(doc["paths"]) == {"/radiology/v1/classify", "/radiology/v1/classify/batch"}
-    assert doc["paths"]["/radiology/v1/classify/batch"]["post"]["requestBody"]["content"]["application/json"][
-        "schema"]["properties"]["reports"]["maxItems"] == MAX_BATCH
-    assert {"400", "401", "403", "413"} <= set(doc["paths"]["/radiology/v1/classify"]["post"]["responses"])
+    assert doc["openapi"] == "3.1.0" and doc["servers"] == [{"url": "/radiology/v1"}]
+    assert set(doc["paths"]) == {"/classify", "/classify/batch", "/openapi.json"}
+    assert doc["components"]["schemas"]["BatchIn"]["properties"]["reports"]["maxItems"] == MAX_BATCH
+    assert {"400", "401", "403", "413"} <= set(doc["paths"]["/classify"]["post"]["responses"])
+    assert doc["paths"]["/classify"]["post"]["x-required-scopes"] == ["radiology.read"]

@@ -1,4 +1,4 @@
-"""OpenAPI 3 description of the Care-Navigation twin API, with schemas generated from the contract."""
+"""OpenAPI 3.1 description of the Care-Navigation twin API, with schemas generated from the contract."""
 
 from __future__ import annotations
 
@@ -55,13 +55,13 @@ def openapi_document() -> dict[str, Any]:
         "The patient's position, next steps, gaps and off-pathway lines per pathway",
         "NavigationOut",
         ERRORS,
+        "navigation.read",
     )
     return document(
         "OncoTwin Care-Navigation twin",
         "Where a patient stands on each applicable care pathway, what is due, care gaps and off-pathway lines, "
         "from FHIR R4.",
         "/navigation/v1",
-        "navigation.read",
         schemas,
         paths,
     )

@@ -1,22 +1,36 @@
-"""OpenAPI 3 description of the Clinical-History API, with schemas generated from the contract."""
+"""OpenAPI 3.1 description of the Clinical-History API, with schemas generated from the contract."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from services.clinical_history.contract import Timeline
-from shared.openapi import FHIR_BODY, PATIENT, STRICT, contract_schemas, document, error_texts, outcomes, query
+from shared.openapi import (
+    FHIR_BODY,
+    PATIENT,
+    STRICT,
+    contract_schemas,
+    document,
+    error_texts,
+    json_response,
+    openapi_path,
+    outcomes,
+    path_id,
+    query,
+    ref,
+    secured,
+)
 
-ERRORS = error_texts("history.read")
+SCOPE = "history.read"
+ERRORS = error_texts(SCOPE)
+ERRORS["404"] = "Patient not found on the FHIR server"
+ERRORS["502"] = "FHIR server error"
+ERRORS["503"] = "No FHIR server configured (FHIR_BASE_URL)"
+ERRORS["504"] = "FHIR server timed out"
 
 
 def openapi_document() -> dict[str, Any]:
-    timeline = {
-        "200": {
-            "description": "The patient's timeline",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Timeline"}}},
-        }
-    }
+    timeline = {"200": json_response("The patient's timeline", ref("Timeline"))}
     notes = query("notes", {"type": "boolean", "default": True}, "Run note extraction on free-text notes")
     summary = query("summary", {"type": "boolean", "default": False}, "Add an LLM summary of the latest notes")
     findings = query(
@@ -25,40 +39,39 @@ def openapi_document() -> dict[str, Any]:
         "Add imaging-finding events: imaging DiagnosticReports read by the radiology twin (its trained model "
         "when an artifact exists, else its rule labeler)",
     )
-    server_errors = {
-        "404": {"description": "Patient not found on the FHIR server"},
-        "502": {"description": "FHIR server error"},
-        "503": {"description": "No FHIR server configured"},
-        "504": {"description": "FHIR server timed out"},
-    }
     paths = {
         "/timeline": {
-            "post": {
-                "summary": "Timeline from a posted FHIR Bundle (any Bundle type)",
-                "parameters": [PATIENT, STRICT, notes, summary, findings],
-                "requestBody": FHIR_BODY,
-                "responses": {**timeline, **outcomes(ERRORS, "400", "401", "403", "413", "415", "422")},
-            }
+            "post": secured(
+                {
+                    "summary": "Timeline from a posted FHIR Bundle (any Bundle type)",
+                    "operationId": "timelineFromBundle",
+                    "parameters": [PATIENT, STRICT, notes, summary, findings],
+                    "requestBody": FHIR_BODY,
+                    "responses": {**timeline, **outcomes(ERRORS, "400", "401", "403", "413", "415", "422")},
+                },
+                SCOPE,
+            )
         },
         "/patients/{id}/timeline": {
-            "get": {
-                "summary": "Timeline of a patient pulled from the configured FHIR server (FHIR_BASE_URL)",
-                "parameters": [
-                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
-                    STRICT,
-                    notes,
-                    summary,
-                    findings,
-                ],
-                "responses": {**timeline, **outcomes(ERRORS, "400", "401", "403", "422"), **server_errors},
-            }
+            "get": secured(
+                {
+                    "summary": "Timeline of a patient pulled from the configured FHIR server (FHIR_BASE_URL)",
+                    "operationId": "timelineFromServer",
+                    "parameters": [path_id("id", "FHIR Patient id"), STRICT, notes, summary, findings],
+                    "responses": {
+                        **timeline,
+                        **outcomes(ERRORS, "400", "401", "403", "404", "422", "502", "503", "504"),
+                    },
+                },
+                SCOPE,
+            )
         },
+        "/openapi.json": openapi_path(ERRORS),
     }
     return document(
         "OncoTwin Clinical-History twin",
         "Timeline of a patient's cancer care from FHIR R4.",
         "/history/v1",
-        "history.read",
         contract_schemas([Timeline]),
         paths,
     )

@@ -17,6 +17,8 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, 
 from flask.blueprints import BlueprintSetupState
 
 from services.evaluations import tasks
+from services.evaluations.contract import EvaluationOut, EvaluationQueued
+from services.evaluations.openapi import openapi_document
 from services.evaluations.store import BUNDLE, DONE, FAILED, FHIR_SERVER, Evaluation, EvaluationStore
 from shared.access_log import log_access
 from shared.celery_app import configure
@@ -82,7 +84,7 @@ def _view(evaluation: Evaluation) -> dict[str, Any]:
         view["result"] = evaluation.result
     if evaluation.error is not None:
         view["error"] = evaluation.error
-    return view
+    return EvaluationOut.model_validate(view).model_dump(by_alias=True, mode="json", exclude_unset=True)
 
 
 # Scopes: an evaluation returns all three twins' answers, so it needs all three read scopes.
@@ -106,7 +108,7 @@ def create() -> Response:
         store.fail(evaluation_id, UpstreamError("task queue unavailable", 503).to_operation_outcome())
         raise UpstreamError("the task queue is unavailable; try again later", 503) from None
     log_access(principal(), ACTION + ".create", patient, "queued", g.request_id)
-    response = jsonify({"id": evaluation_id, "status": "queued"})
+    response = jsonify(EvaluationQueued(id=evaluation_id, status="queued").to_json())
     response.status_code = 202
     response.headers["Location"] = url_for("evaluations.read", evaluation_id=evaluation_id)
     response.headers["Retry-After"] = "1"
@@ -126,6 +128,11 @@ def read(evaluation_id: str) -> Response:
     if evaluation.status not in (DONE, FAILED):
         response.headers["Retry-After"] = "1"
     return response
+
+
+@blueprint.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document())
 
 
 def create_app(app_settings: Settings | None = None) -> Flask:

@@ -1,7 +1,8 @@
 """REST face of batch necessity audits (``/necessity/v1/audits``); the work runs on Celery workers.
 
 ``POST`` -> 202 with the audit's status; ``GET /{id}`` status (counts by state and determination,
-throughput, ETA); ``GET /{id}/report?format=json|csv|html``; ``POST /{id}/cancel``;
+throughput, ETA); ``GET /{id}/report?format=json|csv|html`` (HTML with a Content-Security-Policy
+that allows only its own inline style and filter script); ``POST /{id}/cancel``;
 ``POST /{id}/resume`` re-enqueues what is pending (workers also resume when they start). Paths are
 relative to ``AUDIT_INPUT_ROOT`` and must stay inside it; without that setting only FHIR server
 searches are accepted. An audit is visible to the subject that started it. Scope: ``necessity.audit``.
@@ -19,11 +20,14 @@ from flask.blueprints import BlueprintSetupState
 
 from services.medical_necessity import tasks
 from services.medical_necessity.audit import store
-from services.medical_necessity.audit.report import FORMATS, render
+from services.medical_necessity.audit.contract import AUDIT_IN, MAX_PATHS, AuditStatusOut
+from services.medical_necessity.audit.openapi import openapi_document
+from services.medical_necessity.audit.report import FORMATS, HTML_CSP, render
 from services.medical_necessity.audit.run import Auditor, Work
 from shared.access_log import log_access
 from shared.celery_app import configure
 from shared.config import Settings
+from shared.contract import validated
 from shared.errors import InvalidInput, NotFound, UpstreamError
 from shared.http import make_app, principal, require, settings
 
@@ -32,7 +36,6 @@ SCOPE = "necessity.audit"
 ACTION = "necessity.audit"
 ENQUEUE = "oncotwin.audits.enqueue"  # app.extensions: (audit_id, Work) -> None; tests may replace it
 AUDIT_ID = re.compile(r"^[0-9a-f]{32}$")
-MAX_PATHS = 1000
 log = logging.getLogger(__name__)
 
 
@@ -76,7 +79,7 @@ def _strings(body: dict[str, Any], name: str) -> list[Any]:
 
 
 def _status(audit_id: str, code: int = 200) -> Response:
-    response = jsonify(store.status(_auditor().db, audit_id))
+    response = jsonify(AuditStatusOut.model_validate(store.status(_auditor().db, audit_id)).to_json())
     response.status_code = code
     return response
 
@@ -88,6 +91,7 @@ def create() -> Response:
     if not isinstance(body, dict):
         raise InvalidInput('body must be a JSON object {"paths": [...], "fhirSearches": [...]}', issue_code="structure")
     paths, searches = _strings(body, "paths"), _strings(body, "fhirSearches")
+    validated(AUDIT_IN, body)  # and the body is the shape the OpenAPI document describes
     root = settings().audit_input_root
     if paths and root is None:
         raise InvalidInput(
@@ -119,7 +123,10 @@ def report(audit_id: str) -> Response:
     db = _auditor().db
     body, media_type = render(fmt, store.status(db, audit_id), store.rows(db, audit_id))
     log_access(principal(), ACTION + ".report", None, "ok", g.request_id)
-    return Response(body, mimetype=media_type.split(";")[0], content_type=media_type)
+    response = Response(body, mimetype=media_type.split(";")[0], content_type=media_type)
+    if fmt == "html":  # its inline style and filter script, allowed by hash; nothing else
+        response.headers["Content-Security-Policy"] = HTML_CSP
+    return response
 
 
 @blueprint.post("/<audit_id>/cancel")
@@ -139,6 +146,11 @@ def resume(audit_id: str) -> Response:
     work = auditor.resume(audit_id) if store.is_active(auditor.db, audit_id) else Work()
     _enqueue(audit_id, work)
     return _status(audit_id, 202)
+
+
+@blueprint.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document())
 
 
 def create_app(app_settings: Settings | None = None) -> Flask:

@@ -1,4 +1,4 @@
-"""OpenAPI 3 description of the Medical-Necessity twin API, with schemas generated from the contract."""
+"""OpenAPI 3.1 description of the Medical-Necessity twin API, with schemas generated from the contract."""
 
 from __future__ import annotations
 
@@ -54,13 +54,13 @@ def openapi_document() -> dict[str, Any]:
         "One determination per reviewed order",
         "NecessityOut",
         ERRORS,
+        "necessity.read",
     )
     return document(
         "OncoTwin Medical-Necessity twin",
         "Whether ordered drugs, tests and procedures are supported by the care pathways, with the criteria "
         "that decided it and their evidence, from FHIR R4; not payer policy.",
         "/necessity/v1",
-        "necessity.read",
         schemas,
         paths,
     )

@@ -7,6 +7,7 @@ after a crash or a redelivery and the report still holds each order exactly once
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -28,9 +29,11 @@ from services.medical_necessity.audit.inputs import (
     read_input,
     search_ref,
 )
+from services.medical_necessity.contract import CriterionOut, DeterminationOut
 from services.medical_necessity.engine import assess, orders_to_review
 from services.medical_necessity.judge import Judge, NoJudge
 from shared.config import Settings
+from shared.db import engine as db_engine
 from shared.db import sessions
 from shared.errors import TRANSIENT, InvalidInput, OncoTwinError
 from shared.fhir.record import PatientRecord
@@ -54,6 +57,50 @@ def cancer_of(record: PatientRecord) -> str:
     return "+".join(sorted({c.cancer_type for c in primaries})) or "none"
 
 
+_OPPOSITE = {"satisfied": "unsatisfied", "unsatisfied": "satisfied"}
+
+
+def deciding_leaves(node: CriterionOut, status: str) -> list[tuple[str, CriterionOut]]:
+    """The leaves that give ``node`` its ``status``, as the engine finds its deciding criteria:
+    (label, leaf), where under a NOT the leaf has the opposite status and the label reads "not ...";
+    none when ``node`` has another status."""
+    if node.op == "leaf":
+        return [(node.label, node)] if node.status == status else []
+    if node.status != status:
+        return []
+    if node.op == "not":
+        inner = _OPPOSITE.get(status, status)
+        return [(f"not {name}", leaf) for child in node.children[:1] for name, leaf in deciding_leaves(child, inner)]
+    return [found for child in node.children for found in deciding_leaves(child, status)]
+
+
+def review_detail(out: DeterminationOut) -> dict[str, Any]:
+    """What a reviewer needs to act on a row, beyond the determination: the option, the deciding
+    criteria, the missing facts (for ``insufficient-documentation``: the undocumented leaves of the
+    best route, as labelled in the criteria tree), the rationale, and the evidence (the FHIR
+    references behind the best route's deciding leaves, note passages included)."""
+    # The tree is "any" over the routes, best first (see the engine); the first route decided it.
+    best = out.criteria.children[0] if out.criteria is not None and out.criteria.children else None
+    missing: list[str] = []
+    if out.determination == "insufficient-documentation":
+        unknown = deciding_leaves(best, "unknown") if best is not None else []
+        # the fact to document, as its leaf names it (also under a NOT: what is missing is the fact)
+        missing = list(dict.fromkeys(leaf.label for _, leaf in unknown)) or list(out.deciding)
+    evidence: dict[tuple[str, str], dict[str, Any]] = {}  # one entry per criterion and reference
+    for criterion, leaf in deciding_leaves(best, best.status) if best is not None else []:
+        found = [(e.source, e.value, e.date) for e in leaf.evidence] + [(p.source, None, p.date) for p in leaf.passages]
+        for source, value, date in found:
+            entry = {"criterion": criterion, "reference": source, "value": value, "date": date}
+            evidence.setdefault((criterion, source), entry)
+    return {
+        "option": out.option,
+        "deciding": list(out.deciding),
+        "missing": missing,
+        "rationale": out.rationale,
+        "evidence": list(evidence.values()),
+    }
+
+
 def _given_up(exc: Exception, final: bool) -> str:
     """Re-raise a transient failure for the task to retry; once retries are spent, the row's error."""
     if not final:
@@ -73,6 +120,7 @@ class Auditor:
     ) -> None:
         self.settings = settings
         self.db = sessions(settings)
+        store.upgrade(db_engine(settings))  # an older database gets the columns added since
         self.rows = store.OrderRows(settings)
         self.judge = judge or NoJudge()
         self._queries = queries
@@ -234,4 +282,5 @@ class Auditor:
             "confidence": out.confidence,
             "needs_review": out.needs_review,
             "pathway": out.pathway,
+            "detail": json.dumps(review_detail(out), separators=(",", ":")),
         }

@@ -4,10 +4,19 @@ Idempotency is in the schema: ``(audit_id, input_key)`` and ``(audit_id, order_k
 and rows are inserted with ON CONFLICT DO NOTHING (PostgreSQL and SQLite alike), so a redelivered
 expand task never adds a row twice; an order row is finished by one UPDATE guarded by
 ``state = 'pending'``, so a redelivered order task never writes twice into the report.
+
+What a reviewer needs to act on a row (option, deciding criteria, missing facts, rationale,
+evidence) is one JSON document in the row's ``detail`` column, written by that same guarded UPDATE
+as the determination, so a result is all there or not at all. Tables are created without
+migrations (``create_all``); :func:`upgrade` adds columns introduced since (a guarded
+``ALTER TABLE ... ADD COLUMN``), so a database created by an earlier release keeps working, and its
+rows, without a ``detail``, still report.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -26,11 +35,14 @@ from sqlalchemy import (
     create_engine,
     exists,
     func,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from shared.config import Settings
@@ -87,10 +99,66 @@ class AuditOrder(Base):
     confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
     needs_review: Mapped[bool | None] = mapped_column(nullable=True)
     pathway: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # JSON: option, deciding, missing, rationale, evidence (see ``details``); added after the first
+    # release, so :func:`upgrade` adds it to older databases and older rows have none.
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created: Mapped[float] = mapped_column(Float)
     finished: Mapped[float | None] = mapped_column(Float, nullable=True)
     elapsed_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """The row's ``detail`` document, with every key present (empty for older rows and errors)."""
+        found: Any = None
+        if self.detail:
+            try:
+                found = json.loads(self.detail)
+            except ValueError:
+                found = None
+        found = found if isinstance(found, dict) else {}
+        out: dict[str, Any] = {"option": found.get("option"), "rationale": found.get("rationale")}
+        for name in ("deciding", "missing", "evidence"):
+            value = found.get(name)
+            out[name] = value if isinstance(value, list) else []
+        return out
+
+
+# Columns added to the tables after their first release: (table, column, SQL type). :func:`upgrade`
+# adds whichever an existing database lacks (create_all never alters a table that exists).
+ADDED_COLUMNS = (("necessity_audit_orders", "detail", "TEXT"),)
+_UPGRADED: set[str] = set()
+_UPGRADE_LOCK = threading.Lock()
+
+
+def upgrade(engine: Engine) -> None:
+    """Add :data:`ADDED_COLUMNS` that the database lacks; once per database per process.
+
+    Guarded: the columns are read first, so a database that has them is not locked at all; on
+    PostgreSQL ``ADD COLUMN IF NOT EXISTS`` (nullable, no default: a catalogue change only) and on
+    SQLite a "duplicate column" error mean that another process added it at the same moment. A
+    later issue replaces this with Alembic migrations."""
+    url = engine.url.render_as_string(hide_password=False)
+    if url in _UPGRADED:
+        return
+    with _UPGRADE_LOCK:
+        if url in _UPGRADED:
+            return
+        postgres = engine.dialect.name == "postgresql"
+        for table, column, sql_type in ADDED_COLUMNS:
+            with engine.connect() as conn:
+                have = {c["name"] for c in inspect(conn).get_columns(table)}
+            if column in have:
+                continue
+            guard = "IF NOT EXISTS " if postgres else ""
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {guard}{column} {sql_type}"))
+            except (OperationalError, ProgrammingError):
+                with engine.connect() as conn:  # added by another process meanwhile? else a real error
+                    if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
+                        raise
+        _UPGRADED.add(url)
 
 
 @dataclass(frozen=True)
