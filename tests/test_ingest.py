@@ -231,3 +231,44 @@ def test_unused_types_are_skipped_and_counted_without_validation():
     junk = {"resourceType": "Claim", "id": "x", "status": 12345}  # would fail validation if validated
     result = load_bundle(orjson.dumps(_bundle(PATIENT, junk)))
     assert result.skipped["Claim"] == 1 and result.issues == []
+
+
+def _dup_bundle(second_code: str, meta: tuple[dict, dict] | None = None) -> dict:
+    condition = {
+        "resourceType": "Condition",
+        "id": "c1",
+        "subject": {"reference": "Patient/p1"},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "254637007", "display": "NSCLC"}]},
+        "onsetDateTime": "2024-01-10",
+    }
+    other = copy.deepcopy(condition)
+    other["code"]["coding"][0] = {"system": "http://snomed.info/sct", "code": "254837009", "display": "Breast cancer"}
+    other["code"]["coding"][0]["code"] = second_code
+    if meta:
+        condition["meta"], other["meta"] = meta
+    entries = [{"resourceType": "Patient", "id": "p1"}, condition, other]
+    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in entries]}
+
+
+def test_a_duplicate_id_is_reported_and_the_first_copy_wins():
+    result = load_bundle(orjson.dumps(_dup_bundle("254837009")))
+    (cancer,) = result.records[0].cancers  # not two cancers from one Condition id
+    assert cancer.cancer_type == "nsclc"
+    (issue,) = [i for i in result.issues if "duplicate resource id" in i.message]
+    assert (issue.severity, issue.resource_type, issue.resource_id) == ("error", "Condition", "c1")
+    with pytest.raises(InvalidInput, match="strict mode"):
+        load_bundle(orjson.dumps(_dup_bundle("254837009")), strict=True)
+
+
+def test_versions_of_one_resource_keep_the_latest():
+    versions = (
+        {"versionId": "2", "lastUpdated": "2024-03-01T00:00:00Z"},
+        {"versionId": "3", "lastUpdated": "2024-04-01T00:00:00Z"},
+    )
+    result = load_bundle(orjson.dumps(_dup_bundle("254837009", versions)))
+    (cancer,) = result.records[0].cancers
+    assert cancer.cancer_type == "breast"  # version 3, the later one
+    assert [i.severity for i in result.issues if "another version" in i.message] == ["warning"]
+    reversed_bundle = _dup_bundle("254837009", versions[::-1])  # the later version first in the file
+    (cancer,) = load_bundle(orjson.dumps(reversed_bundle)).records[0].cancers
+    assert cancer.cancer_type == "nsclc"  # now the NSCLC copy carries version 3

@@ -106,6 +106,39 @@ def _is_oncology_report(res: dict[str, Any]) -> bool:
     return _is_oncology_observation(res)
 
 
+def _version(raw: RawResource) -> tuple[str, int]:
+    meta = raw.resource.get("meta")
+    meta = meta if isinstance(meta, dict) else {}
+    version = str(meta.get("versionId") or "")
+    return str(meta.get("lastUpdated") or ""), int(version) if version.isdigit() else -1
+
+
+def _duplicate(
+    raw: RawResource, key: str, seen: dict[str, RawResource], index: ReferenceIndex, issues: list[IngestIssue]
+) -> bool:
+    """A second resource with the same Type/id. Versions of one resource (a history Bundle) are
+    expected: the latest (meta.lastUpdated, then versionId) wins, with a warning. Two copies that do
+    not say which is newer conflict: the first wins and the duplicate is an error (strict mode
+    rejects the input). Returns whether the new copy wins."""
+    held = seen[key]
+    rtype, _, rid = key.partition("/")
+    newer, older = _version(raw), _version(held)
+    if newer != older and newer != ("", -1) and older != ("", -1):
+        wins = newer > older
+        issues.append(
+            IngestIssue(
+                "warning", rtype, rid, raw.path, "another version of this resource is in the input; the latest is used"
+            )
+        )
+        if wins:
+            index.by_key[key] = raw
+        return wins
+    issues.append(
+        IngestIssue("error", rtype, rid, raw.path, "duplicate resource id in the input; the first copy is used")
+    )
+    return False
+
+
 def ingest(raws: Iterable[RawResource], *, strict: bool = False) -> IngestResult:
     terms = terminology()
     index = ReferenceIndex()
@@ -113,6 +146,7 @@ def ingest(raws: Iterable[RawResource], *, strict: bool = False) -> IngestResult
     used: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
     candidates: list[tuple[RawResource, str]] = []
+    seen: dict[str, RawResource] = {}  # Type/id -> the copy that wins
 
     for raw in raws:
         rtype = raw.type
@@ -120,6 +154,13 @@ def ingest(raws: Iterable[RawResource], *, strict: bool = False) -> IngestResult
             issues.append(IngestIssue("warning", None, None, raw.path, "entry without a resource"))
             continue
         key = index.add(raw)
+        if key is not None and key in seen:
+            if not _duplicate(raw, key, seen, index, issues):
+                continue  # the copy already held wins
+            # this copy is a later version: it replaces the one held (and its candidate, if any)
+            candidates = [(r, k) for r, k in candidates if k != key]
+        if key is not None:
+            seen[key] = raw
         if rtype not in USED_TYPES:
             skipped[rtype] += 1
             continue
