@@ -29,6 +29,7 @@ from shared.errors import (
     UnsupportedMediaType,
     operation_outcome,
 )
+from shared.logs import configure_logging
 from shared.openapi import probes_document
 
 log = logging.getLogger("oncotwin.http")
@@ -48,6 +49,7 @@ def outcome_response(status: int, problems: list[Problem]) -> Response:
 
 def make_app(import_name: str, settings: Settings | None = None, verifier: TokenVerifier | None = None) -> Flask:
     settings = settings or load_settings()
+    configure_logging(settings.log_level)  # gunicorn configures nothing: the access log must still reach stderr
     app = Flask(import_name)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["JSON_SORT_KEYS"] = False
