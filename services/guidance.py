@@ -7,21 +7,26 @@ internals) into a FHIR ``Bundle`` of type ``collection``:
   ``success`` / ``data-required`` (something needed for the answer is not documented) /
   ``failure`` (no pathway applies, so no guidance); ``moduleCanonical`` names the pathway's
   PlanDefinition with its version (``.../PlanDefinition/nsclc|2026.11``); ``subject``,
-  ``occurrenceDateTime`` (when it was evaluated), ``reasonReference`` (the cancer Condition; the
-  order), ``note`` (position, off-pathway lines, rationale, deciding criteria, sources,
+  ``occurrenceDateTime`` (when it was evaluated), ``reasonReference`` (the cancer Condition: R4
+  allows only Condition | Observation | DiagnosticReport | DocumentReference there, so the order is
+  carried by ``reasonCode`` (its code), the RequestGroup's ``basedOn`` and action ``resource``, and
+  the ``order`` output parameter), ``note`` (position, off-pathway lines, rationale, deciding criteria, sources,
   disclaimer), ``evaluationMessage`` (an ``OperationOutcome`` of what is missing),
   ``dataRequirement`` (necessity: which data would decide an undocumented criterion),
   ``outputParameters`` (necessity: the determination as machine-readable ``Parameters``) and
   ``result``;
 - the ``RequestGroup`` the ``result`` points to (status ``draft``, intent ``proposal``: a clinician
   decides), whose actions are the proposals: navigation's next steps (``timingDateTime`` = due
-  date, ``priority`` urgent when overdue) and care gaps (priority by kind), necessity's outcome
-  for the order with the pathway option it was matched to and the criteria to document or that
-  are not met.
+  date, ``priority`` urgent when overdue) and care gaps (priority by kind; never urgent for a
+  deceased patient, whose response says so in a note), necessity's outcome for the order (its
+  ``resource``; the pathway option as a second code) and the criteria to document. R4 invariant
+  rqg-1 wants every action to have a ``resource`` or sub-actions, not both: each proposed step,
+  gap or documentation is a ``Task`` (status ``draft``, intent ``proposal``) in the Bundle.
 
 Resources in the Bundle reference each other by ``urn:uuid:`` full URLs; the patient, Condition
 and order are referenced as the caller's own ``Type/id``. The output validates against the
-``fhir.resources`` R4B models (the tests check every shape).
+``fhir.resources`` R4B models, and conforms beyond the schema to the R4 definitions (reference
+targets, required bindings, invariants: ``tests/fhir_conformance.py`` checks every output).
 """
 
 from __future__ import annotations
@@ -117,9 +122,11 @@ def _navigation_response(
                 "fully documented (e.g. lung cancer without histology).",
             ),
         )
+    deceased = out.deceased is not None
+    task = _TaskMaker(builder, out.patient, at, pathway.cancer, key)
     groups = [
-        _group("Next steps", [_next_step_action(s) for s in pathway.next_steps]),
-        _group("Care gaps", [_gap_action(g) for g in pathway.gaps]),
+        _group("Next steps", [_next_step_action(s, task, deceased=deceased) for s in pathway.next_steps]),
+        _group("Care gaps", [_gap_action(g, task, deceased=deceased) for g in pathway.gaps]),
     ]
     request_group: JSON = {
         "resourceType": "RequestGroup",
@@ -174,31 +181,74 @@ def _navigation_notes(out: NavigationOut, pathway: PathwayOut) -> list[str]:
         notes.append(f"Off-pathway: line {line.line} ({line.regimen}) from {line.start[:10]}: {line.reason}.")
     if pathway.citations:
         notes.append("Sources: " + _sources(pathway.citations))
+    if out.deceased is not None:
+        notes.append(_deceased_note(out))
     notes.append(out.disclaimer)
     return notes
 
 
-def _next_step_action(step: NextStepOut) -> JSON:
+def _deceased_note(out: NavigationOut) -> str:
+    died = out.deceased
+    assert died is not None
+    when = f" on {died.date[:10]}" if died.date else ""
+    return (
+        f"Patient deceased{when} (recorded in {died.source}): no next steps are proposed and no care gap is "
+        "urgent; the record is read as of the death."
+    )
+
+
+class _TaskMaker:
+    """The Task each leaf action proposes (R4 rqg-1: an action has a resource or sub-actions)."""
+
+    def __init__(self, builder: _Bundle, patient: str, at: str, reason: str | None, key: str) -> None:
+        self.builder, self.patient, self.at, self.reason, self.key = builder, patient, at, reason, key
+
+    def __call__(self, what: str, code: list[JSON], description: str, priority: str, due: str | None = None) -> JSON:
+        task: JSON = {
+            "resourceType": "Task",
+            "id": self.builder.id(f"task|{self.key}|{what}"),
+            "status": "draft",
+            "intent": "proposal",
+            "priority": priority,
+            "code": code[0],
+            "description": description,
+            "for": _patient(self.patient),
+            "authoredOn": self.at,
+        }
+        if self.reason:
+            task["reasonReference"] = {"reference": self.reason}
+        if due:
+            task["restriction"] = {"period": {"end": due}}
+        return self.builder.add(task)
+
+
+def _next_step_action(step: NextStepOut, task: _TaskMaker, *, deceased: bool = False) -> JSON:
+    priority = "urgent" if step.overdue and not deceased else "routine"
+    code = [_step_code(step.step.id, step.step.title), _concept(STEP_KIND_SYSTEM, step.step.kind)]
     action: JSON = {
         "prefix": "Overdue" if step.overdue else "Next step",
         "title": step.step.title,
         "description": step.reason,
-        "code": [_step_code(step.step.id, step.step.title), _concept(STEP_KIND_SYSTEM, step.step.kind)],
-        "priority": "urgent" if step.overdue else "routine",
+        "code": code,
+        "priority": priority,
         "type": _concept(ACTION_TYPE, "create"),
+        "resource": task(f"step|{step.step.id}", code, f"{step.step.title}: {step.reason}", priority, step.due),
     }
     if step.due:
         action["timingDateTime"] = step.due
     return action
 
 
-def _gap_action(gap: GapOut) -> JSON:
+def _gap_action(gap: GapOut, task: _TaskMaker, *, deceased: bool = False) -> JSON:
+    priority = "routine" if deceased else GAP_PRIORITY.get(gap.kind, "routine")
+    code = [_concept(CARE_GAP_SYSTEM, gap.kind), _step_code(gap.step.id, gap.step.title)]
     return {
         "prefix": "Care gap",
         "title": gap.step.title,
         "description": gap.reason,
-        "code": [_concept(CARE_GAP_SYSTEM, gap.kind), _step_code(gap.step.id, gap.step.title)],
-        "priority": GAP_PRIORITY.get(gap.kind, "routine"),
+        "code": code,
+        "priority": priority,
+        "resource": task(f"gap|{gap.kind}|{gap.step.id}", code, f"{gap.step.title}: {gap.reason}", priority),
     }
 
 
@@ -248,7 +298,7 @@ def _necessity_response(
         "basedOn": [{"reference": order}],
         "reasonReference": [{"reference": cancer}] if cancer else [],
         "note": [{"text": out.disclaimer}],
-        "action": [_determination_action(d)],
+        "action": _determination_actions(d, _TaskMaker(builder, out.patient, at, cancer, key)),
     }
     if canonical:
         request_group["instantiatesCanonical"] = [canonical]
@@ -269,7 +319,13 @@ def _necessity_response(
         status=status,
         performer="OncoTwin Medical-Necessity twin (demonstration)",
     )
-    response["reasonReference"] = [{"reference": order}] + ([{"reference": cancer}] if cancer else [])
+    # R4 GuidanceResponse.reasonReference: Condition | Observation | DiagnosticReport | DocumentReference only;
+    # the order is the RequestGroup's basedOn and action resource, its code the reasonCode.
+    if cancer:
+        response["reasonReference"] = [{"reference": cancer}]
+    code = d.order.code
+    if code.code:
+        response["reasonCode"] = [_concept(code.system, code.code, code.display)]
     response["note"] = [{"text": t} for t in _necessity_notes(out, d)]
     if issues:
         response["evaluationMessage"] = [builder.outcome(f"messages|{key}", issues)]
@@ -298,13 +354,25 @@ def _necessity_notes(out: NecessityOut, d: DeterminationOut) -> list[str]:
     return notes
 
 
-def _determination_action(d: DeterminationOut) -> JSON:
+def _determination_actions(d: DeterminationOut, task: _TaskMaker) -> list[JSON]:
+    """The order's action (its ``resource``; the pathway option as a second code and in the description),
+    then one action per criterion to document, each proposing a Task (rqg-1: resource or sub-actions)."""
     what = d.order.code.display or d.order.code.code or d.order.reference
+    description = [d.rationale]
+    best = d.criteria.children[0] if d.criteria and d.criteria.children else None
+    codes = [_concept(DETERMINATION_SYSTEM, d.determination)]
+    if d.option and best is not None:
+        which = "Pathway option" if d.determination == "meets" else "Closest pathway option"
+        description.append(f"{which}: {best.label} ({d.option} on {d.pathway}: criteria {best.status}).")
+        codes.append(_step_code(d.option, best.label))
+    leaves = _deciding_leaves(d)
+    if d.determination == "does-not-meet" and leaves:
+        description.append("Not met: " + "; ".join(label for label, _ in leaves) + ".")
     action: JSON = {
         "prefix": "Medical necessity",
         "title": f"{DETERMINATION_TITLE[d.determination]}: {what}",
-        "description": d.rationale,
-        "code": [_concept(DETERMINATION_SYSTEM, d.determination)],
+        "description": " ".join(description),
+        "code": codes,
         "priority": "routine",
         "resource": {"reference": d.order.reference},
     }
@@ -312,27 +380,20 @@ def _determination_action(d: DeterminationOut) -> JSON:
         action["documentation"] = [
             {"type": "citation", "label": c.section, "display": c.title, "url": c.url} for c in d.citations
         ]
-    children = []
-    best = d.criteria.children[0] if d.criteria and d.criteria.children else None
-    if d.option and best is not None:
-        children.append(
-            {
-                "prefix": "Pathway option" if d.determination == "meets" else "Closest pathway option",
-                "title": best.label,
-                "description": f"{d.option} on {d.pathway}: criteria {best.status}",
-                "code": [_step_code(d.option, None)],
-            }
-        )
-    prefix = {"insufficient-documentation": "Document", "does-not-meet": "Not met"}.get(d.determination)
-    if prefix:
-        for label, fact in _deciding_leaves(d):
-            child: JSON = {"prefix": prefix, "title": label}
-            if fact:
-                child["code"] = [_concept(CRITERION_SYSTEM, fact)]
-            children.append(child)
-    if children:
-        action["action"] = children
-    return action
+    actions = [action]
+    if d.determination == "insufficient-documentation":
+        for label, fact in leaves:
+            code = [_concept(CRITERION_SYSTEM, fact)] if fact else [{"text": label}]
+            actions.append(
+                {
+                    "prefix": "Document",
+                    "title": label,
+                    "code": code,
+                    "priority": "routine",
+                    "resource": task(f"document|{label}", code, f"Document: {label} (for {what})", "routine"),
+                }
+            )
+    return actions
 
 
 def _parameters(resource_id: str, d: DeterminationOut) -> JSON:

@@ -507,7 +507,7 @@ def test_order_select_from_prefetch_carries_the_crd_extension(cds, egfr, determi
         "order-select",
         "egfr-1",
         context={"selections": ["MedicationRequest/draft-osi"], "draftOrders": bundle([selected, other])},
-        prefetch=prefetch(service, nsclc_patient(egfr), "egfr-1"),
+        prefetch=prefetch(service, [*nsclc_patient(egfr), COVERAGE], "egfr-1"),
     )
     answer = ok(cds.post("oncotwin-necessity-select", body))
     (card,) = answer["cards"]  # the selected order only
@@ -525,7 +525,8 @@ def test_order_select_from_prefetch_carries_the_crd_extension(cds, egfr, determi
     assert subs.get("doc-needed") == doc_needed
     assert subs["date"] == [date.today().isoformat()]
     assert UUID.match(subs["coverage-assertion-id"][0])
-    assert subs["coverage"] == [{"display": "no Coverage provided; pathway assessment only"}]
+    assert subs["coverage"] == [{"reference": "Coverage/cov-1"}]
+    assert subs.get("info-needed") == (["OTH"] if covered == "conditional" else None)  # crd-ci-q3
     assert "not a payer determination" in subs["reason"][0]["text"]
     if egfr == "positive":
         assert "suggestions" not in card
@@ -570,15 +571,18 @@ def test_does_not_meet_suggests_the_satisfied_options_of_the_same_step(cds):
     assert all(UUID.match(s["uuid"]) for s in card["suggestions"])
 
 
+COVERAGE = {
+    "resourceType": "Coverage",
+    "id": "cov-1",
+    "status": "active",
+    "beneficiary": {"reference": "Patient/egfr-1"},
+    "payor": [{"display": "Example Health Plan"}],
+}
+
+
 def test_order_sign_evaluates_every_draft_and_references_coverage(cds):
     service = cds.discovery()["oncotwin-necessity-sign"]
-    coverage = {
-        "resourceType": "Coverage",
-        "id": "cov-1",
-        "status": "active",
-        "beneficiary": {"reference": "Patient/egfr-1"},
-        "payor": [{"display": "Example Health Plan"}],
-    }
+    coverage = COVERAGE
     drafts = [draft(*OSIMERTINIB), draft("draft-pembro", "1547545", "pembrolizumab")]
     body = hook_body(
         "order-sign",
@@ -591,6 +595,19 @@ def test_order_sign_evaluates_every_draft_and_references_coverage(cds):
     assert [a["resource"]["id"] for a in answer["systemActions"]] == ["draft-osi", "draft-pembro"]
     assert crd(answer["systemActions"][0]["resource"])["coverage"] == [{"reference": "Coverage/cov-1"}]
     assert crd(answer["systemActions"][1]["resource"])["covered"] == ["not-covered"]  # EGFR+: no pembrolizumab
+
+
+def test_without_a_coverage_no_crd_assertion_is_sent(cds):
+    # CRD STU 2.1: the coverage sub-extension is 1..1 Reference(Coverage); no Coverage, no assertion
+    service = cds.discovery()["oncotwin-necessity-sign"]
+    body = hook_body(
+        "order-sign",
+        "egfr-1",
+        context={"draftOrders": bundle([draft(*OSIMERTINIB)])},
+        prefetch=prefetch(service, nsclc_patient("positive"), "egfr-1"),
+    )
+    answer = ok(cds.post("oncotwin-necessity-sign", body))
+    assert len(answer["cards"]) == 1 and "systemActions" not in answer
 
 
 @requires_data
@@ -614,7 +631,7 @@ def test_order_sign_from_prefetch_of_real_synthea_orders(cds, patient, drug, exp
         "order-sign",
         pid,
         context={"draftOrders": bundle([being_signed])},
-        prefetch=prefetch(service, resources, pid),
+        prefetch=prefetch(service, [*resources, {**COVERAGE, "beneficiary": {"reference": f"Patient/{pid}"}}], pid),
     )
     answer = ok(cds.post("oncotwin-necessity-sign", body))
     (card,) = answer["cards"]
@@ -630,10 +647,17 @@ def test_order_select_and_sign_fetch_from_the_fhir_server(make_cds, fhir_server)
     cds = make_cds(CDS_ALLOWED_FHIR_SERVERS=f"{origin}/fhir")
     files.store(nsclc_patient(None))
     drafts = bundle([draft(*OSIMERTINIB)])
+    covered = {"coverage": bundle([COVERAGE])}  # the optional key, prefetched; the record is fetched
     select = fetch_body(
-        "order-select", "egfr-1", origin, context={"selections": ["MedicationRequest/draft-osi"], "draftOrders": drafts}
+        "order-select",
+        "egfr-1",
+        origin,
+        context={"selections": ["MedicationRequest/draft-osi"], "draftOrders": drafts},
+        prefetch=covered,
     )
-    sign = fetch_body("order-sign", "egfr-1", origin, granted="ehr-granted-token-2", context={"draftOrders": drafts})
+    sign = fetch_body(
+        "order-sign", "egfr-1", origin, granted="ehr-granted-token-2", context={"draftOrders": drafts}, prefetch=covered
+    )
     for service, body in (("oncotwin-necessity-select", select), ("oncotwin-necessity-sign", sign)):
         answer = ok(cds.post(service, body))
         (card,) = answer["cards"]

@@ -154,7 +154,9 @@ def test_meets_as_fhir(client, nec):
     assert response["status"] == "success"
     assert response["moduleCanonical"] == NSCLC
     assert response["subject"] == {"reference": "Patient/egfr-1"}
-    assert [r["reference"] for r in response["reasonReference"]] == ["MedicationRequest/order-1", "Condition/nsclc-1"]
+    # R4 allows only Condition | Observation | DiagnosticReport | DocumentReference here; the order is the reasonCode
+    assert [r["reference"] for r in response["reasonReference"]] == ["Condition/nsclc-1"]
+    assert response["reasonCode"][0]["coding"][0]["code"] == "1721560"
     notes = " ".join(n["text"] for n in response["note"])
     assert "meets (confidence" in notes and "Sources: [1]" in notes and "FLAURA" in notes
     assert "dataRequirement" not in response and "evaluationMessage" not in response
@@ -168,8 +170,9 @@ def test_meets_as_fhir(client, nec):
     assert action["resource"] == {"reference": "MedicationRequest/order-1"}
     assert action["title"] == "Meets pathway criteria: osimertinib"
     assert {d["type"] for d in action["documentation"]} == {"citation"}
-    (option,) = action["action"]
-    assert option["prefix"] == "Pathway option" and option["code"][0]["coding"][0]["code"] == "nsclc.rx.osimertinib"
+    assert "action" not in action  # R4 rqg-1: a resource or sub-actions, not both
+    assert action["code"][1]["coding"][0]["code"] == "nsclc.rx.osimertinib"  # the pathway option
+    assert "Pathway option: " in action["description"]
 
 
 def test_insufficient_as_fhir_names_the_missing_data(client, nec):
@@ -183,10 +186,12 @@ def test_insufficient_as_fhir_names_the_missing_data(client, nec):
     outcome = resolve(bundle, response["evaluationMessage"][0])
     assert {i["code"] for i in outcome["issue"]} == {"incomplete"}
     assert "Not documented: EGFR positive" in [i["diagnostics"] for i in outcome["issue"]]
-    (action,) = resolve(bundle, response["result"])["action"]
+    action, *documents = resolve(bundle, response["result"])["action"]
     assert action["code"][0]["coding"][0]["code"] == "insufficient-documentation"
-    document = [a["title"] for a in action["action"] if a["prefix"] == "Document"]
-    assert "EGFR positive" in document
+    assert "EGFR positive" in [a["title"] for a in documents if a["prefix"] == "Document"]
+    for document in documents:  # each proposes a Task (R4 rqg-1: a leaf action has a resource)
+        task = resolve(bundle, document["resource"])
+        assert task["resourceType"] == "Task" and (task["status"], task["intent"]) == ("draft", "proposal")
 
 
 def test_drug_of_another_cancers_pathway(client, nec):

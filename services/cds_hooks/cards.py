@@ -7,7 +7,8 @@ the EHR); ``source`` is the pathway's citation; links are absolute. Indicators n
 ``critical`` (a hard stop in many EHRs).
 
 Necessity results also become a ``systemActions`` ``update`` of each evaluated draft order carrying
-the Da Vinci CRD coverage-information extension (``crd``); a draft that does not meet gets
+the Da Vinci CRD (STU 2.1) coverage-information extension (``crd``) when the client gave the
+patient's Coverage (the extension's ``coverage`` is 1..1); a draft that does not meet gets
 on-pathway alternatives as suggestions (``suggestions``).
 """
 
@@ -22,7 +23,7 @@ from urllib.parse import quote
 from graph.facts import SATISFIED
 from graph.queries import PathwayQueries
 from services.care_navigation.contract import NavigationOut, PathwayOut
-from services.cds_hooks.crd import with_coverage_information
+from services.cds_hooks.crd import coverage_reference, with_coverage_information
 from services.cds_hooks.suggestions import suggestions as alternatives
 from services.medical_necessity.contract import CriterionOut, DeterminationOut, NecessityOut
 from shared.fhir.record import PatientRecord
@@ -191,7 +192,8 @@ def necessity_response(
                 card["suggestions"] = suggestions
                 card["selectionBehavior"] = "at-most-one"
         cards.append(card)
-        if draft is not None:
+        if draft is not None and coverage is not None and coverage_reference(coverage) is not None:
+            # CRD's coverage sub-extension is 1..1 Reference(Coverage): no Coverage, no assertion (see crd.py)
             actions.append(
                 {
                     "type": "update",
