@@ -31,9 +31,10 @@ GUIDANCE_BUNDLE = collection_bundle(
     "FHIR R4 Bundle (type collection): one GuidanceResponse per pathway (moduleCanonical = the "
     "pathway's PlanDefinition|version; status success, data-required or failure; note = position, off-pathway "
     "lines, sources; evaluationMessage = OperationOutcome of missing information; result = RequestGroup), the "
-    "RequestGroup (actions: next steps with timingDateTime due dates, care gaps with priority) and "
-    "OperationOutcomes, referenced by urn:uuid full URLs.",
-    ["GuidanceResponse", "RequestGroup", "OperationOutcome"],
+    "RequestGroup (actions: next steps with timingDateTime due dates, care gaps with priority, each pointing to "
+    "a draft Task), the Tasks and OperationOutcomes, referenced by urn:uuid full URLs. A deceased patient's "
+    "response notes the death and proposes nothing.",
+    ["GuidanceResponse", "RequestGroup", "Task", "OperationOutcome"],
 )
 
 

@@ -32,11 +32,11 @@ GUIDANCE_BUNDLE = collection_bundle(
     "FHIR R4 Bundle (type collection): one GuidanceResponse per order (moduleCanonical = the "
     "pathway's PlanDefinition|version; status success (meets / does-not-meet / not an option), data-required "
     "(insufficient documentation, with dataRequirement) or failure (no pathway applies); reasonReference = the "
-    "order and the cancer Condition; note = determination, rationale, deciding criteria, sources; "
-    "outputParameters = Parameters with the determination; result = RequestGroup), the RequestGroup (action: "
-    "the determination for the order with the matched pathway option and the criteria to document or not met), "
+    "cancer Condition, reasonCode = the order's code; note = determination, rationale, deciding criteria, sources; "
+    "outputParameters = Parameters with the determination; result = RequestGroup), the RequestGroup (basedOn the "
+    "order; actions: the order with the matched pathway option, and one Task per criterion to document), Tasks, "
     "Parameters and OperationOutcomes, referenced by urn:uuid full URLs.",
-    ["GuidanceResponse", "RequestGroup", "Parameters", "OperationOutcome"],
+    ["GuidanceResponse", "RequestGroup", "Task", "Parameters", "OperationOutcome"],
 )
 
 
