@@ -102,3 +102,20 @@ def test_every_pathway_has_a_scope_that_names_real_sources_codes_and_drugs(queri
             item.parsed_codes()  # well-formed systems
             for drug in item.drugs:
                 assert terminology().drug_by_name(drug) is not None, (info.id, drug)
+
+
+def test_the_first_citation_is_the_setting_the_option_was_judged_in(queries):
+    """A regimen used in several settings cites all their trials; the card's source must be the
+    source of the step it was matched at (metastatic first line here), never an adjuvant trial."""
+    d = one(patient("nsclc", stage="IVA", markers=EGFR_IV, ecog=1), queries, "osimertinib")
+    assert d.option == "nsclc.rx.osimertinib" and d.citations
+    assert "Stage IV" in d.citations[0].section or "first-line" in d.citations[0].section.lower()
+
+
+def test_a_card_source_label_is_never_cut():
+    from services.cds_hooks.cards import _source
+    from services.medical_necessity.contract import CitationOut
+
+    title = "Osimertinib in untreated EGFR-mutated advanced non-small-cell lung cancer (FLAURA), " * 3
+    label = _source([CitationOut(title=title, publisher="NEJM", url="https://doi.org/x", section="Results")])["label"]
+    assert label == f"NEJM: {title}" and "..." not in label

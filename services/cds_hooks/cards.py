@@ -81,7 +81,8 @@ def _cite(title: str, section: str, url: str) -> str:
 def _source(citations: list[Any]) -> dict[str, str]:
     for c in citations:
         if _SAFE_URL.match(c.url):
-            return {"label": summary(f"{c.publisher}: {c.title}" if c.publisher else c.title), "url": c.url}
+            # The whole title: CDS Hooks sets no length on a source label, and a cut one misleads.
+            return {"label": f"{c.publisher}: {c.title}" if c.publisher else c.title, "url": c.url}
     return {"label": SOURCE_LABEL}
 
 

@@ -294,7 +294,9 @@ def _best(alternatives: list[Alternative]) -> Alternative:
 def _citations(queries: PathwayQueries, best: Alternative, criteria: Criteria) -> list[CitationOut]:
     sources: dict[str, Source] = queries.store.sources(best.pathway.key)
     out: dict[tuple[str, str], CitationOut] = {}
-    for node in (best.orderable, best.step):
+    # The step first: it names the setting (metastatic first line, adjuvant) the option was judged
+    # in; a regimen shared by several settings also cites the trials of the others.
+    for node in (best.step, best.orderable):
         for c in node.cites:
             s = sources.get(c.source)
             if s is not None:
