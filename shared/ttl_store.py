@@ -4,6 +4,13 @@ In memory for the embedded default (one process); in Redis when ``REDIS_URL`` is
 replicas and gunicorn workers behind a load balancer see the same browser sessions and SMART
 launch states. ``take`` is atomic (GETDEL in Redis): a single-use value can be taken only once.
 Redis unreachable: 503 (fail closed), never a silently empty store.
+
+Durability is the backend's: a restart of the process (memory) or of a Redis without persistence
+empties the store. For what lives here that fails safe (a session ends: sign in again; a pending
+SMART launch is refused: launch again), and every entry's time to live is its own bound (a session
+never outlives its token's ``exp``). The CDS Hooks ``jti`` replay store is not this one
+(``services.cds_hooks.security``); there a lost entry reopens replay of a captured token until that
+token's ``exp`` + leeway, no longer (README, Security).
 """
 
 from __future__ import annotations

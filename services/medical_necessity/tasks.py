@@ -10,13 +10,24 @@ order of every running audit (:class:`ResumeAudits`); ``POST
 /necessity/v1/audits/<id>/resume`` and ``oncotwin audit --resume`` do the same on demand (e.g.
 after a broker restart lost its queue). A duplicate delivery costs one SELECT: the guarded UPDATE
 in the store writes each order once.
+
+Of workers connecting within ``RESUME_QUIET_S`` of each other one resumes a given audit (a scale-up
+must not multiply the queue). On Redis that claim is a key in the broker itself (``SET NX EX``): it
+lives exactly as long as the queue it vouches for, so a broker that restarts empty (or fails over
+without the key) has lost the claim together with the messages, and the next connect resumes at
+once, however recently the last resume was. (Kept in the database, as before, the claim outlived
+the queue: a Redis restarted within 30 s of a worker's resume stalled the audit until the stall
+watchdog, ``AUDIT_STALL_SECONDS``.) Other brokers keep their queue across a restart and keep the
+claim in the database.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from contextlib import AbstractContextManager, nullcontext
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cache
 from typing import Any
 
@@ -34,6 +45,7 @@ logger = logging.getLogger(__name__)
 QUEUE = "necessity"
 INPUT_PRIORITY = 9
 RESUME_QUIET_S = 30.0  # workers connecting within this window resume an audit once between them
+RESUME_KEY = "oncotwin:audit-resume:{audit_id}"  # the claim, in the broker's Redis (gone when its queue is)
 STALL_CHECK_S = 60.0  # how often each necessity worker looks for stalled audits
 
 
@@ -105,18 +117,46 @@ def resume(settings: Settings, audit_id: str) -> Work:
 
 
 def resume_running(settings: Settings) -> int:
-    """Re-enqueue the pending work of every running audit not resumed in the last
-    ``RESUME_QUIET_S`` seconds by another worker; returns how many audits this call resumed."""
+    """Re-enqueue the pending work of every running audit that no other worker resumed on this
+    broker in the last ``RESUME_QUIET_S`` seconds; returns how many audits this call resumed."""
     audits = Auditor(settings)
     resumed = 0
-    for audit_id in store.running_audits(audits.db):
-        if not store.claim_resume(audits.db, audit_id, RESUME_QUIET_S):
-            continue
-        work = audits.resume(audit_id)
-        enqueue(audit_id, work)
-        resumed += 1
-        logger.info("audit %s resumed: %d inputs, %d orders re-enqueued", audit_id, len(work.inputs), len(work.orders))
+    with resume_claims(audits) as claim:
+        for audit_id in store.running_audits(audits.db):
+            if not claim(audit_id):
+                continue
+            work = audits.resume(audit_id)
+            enqueue(audit_id, work)
+            resumed += 1
+            inputs, orders = len(work.inputs), len(work.orders)
+            logger.info("audit %s resumed: %d inputs, %d orders re-enqueued", audit_id, inputs, orders)
     return resumed
+
+
+@contextmanager
+def resume_claims(audits: Auditor) -> Iterator[Callable[[str], bool]]:
+    """``claim(audit_id)``: True for one caller per broker and ``RESUME_QUIET_S`` window.
+
+    Redis brokers: ``SET NX EX`` of :data:`RESUME_KEY` in the broker's own database, over a
+    connection of the app's broker settings (so Sentinel, TLS and transport options apply). A
+    restart that empties the queue empties the claim with it, so a resume is never skipped because
+    of a resume whose messages the broker has since lost. The database's ``resumed`` stamp is still
+    written: the stall watchdog counts a resume as progress. Other brokers: the database claim."""
+    with celery_app.connection_for_write() as connection:
+        if connection.transport.driver_type != "redis":
+            yield lambda audit_id: store.claim_resume(audits.db, audit_id, RESUME_QUIET_S)
+            return
+        with connection.default_channel.conn_or_acquire() as client:
+            holder = f"{socket.gethostname()}:{os.getpid()}"
+
+            def claim(audit_id: str) -> bool:
+                key = RESUME_KEY.format(audit_id=audit_id)
+                if not client.set(key, holder, nx=True, ex=max(int(RESUME_QUIET_S), 1)):
+                    return False
+                store.claim_resume(audits.db, audit_id, 0.0)  # the stamp only: this claim decided
+                return True
+
+            yield claim
 
 
 def resume_stalled(settings: Settings) -> int:
