@@ -34,6 +34,7 @@ bench: install-dev browser
 	$(PY) bench/audit_throughput.py --pool solo
 	$(PY) bench/radiology.py
 	$(PY) bench/dashboard.py
+	$(PY) bench/limits.py
 
 # The medical-necessity evaluation set: accuracy overall, per cancer, per determination, confusion matrix.
 eval: install-dev

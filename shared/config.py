@@ -6,8 +6,10 @@ Every setting has one variable; a bad value stops the process with a message nam
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict, TypeVar
 from urllib.parse import urlsplit
@@ -58,6 +60,68 @@ def _url(env: Mapping[str, str], name: str) -> str | None:
     if not raw.startswith(("http://", "https://")):
         raise ConfigError(f"{name} must be an http(s) URL, got {raw!r}")
     return raw.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for (README "Security / limits"). Each is checked before the expensive
+    work: the body (413), the JSON (depth, objects) before objects are built, Bundle entries before
+    resources are made, orders before any is evaluated; the deadline at safe points of the work."""
+
+    max_bundle_entries: int = 10_000  # MAX_BUNDLE_ENTRIES: entries of a Bundle, nested Bundles included (413)
+    max_json_depth: int = 64  # MAX_JSON_DEPTH: nesting of objects/arrays in a JSON body or file (400)
+    max_necessity_orders: int = 200  # MAX_NECESSITY_ORDERS: orders one necessity request evaluates (422)
+    max_note_chars: int = 100_000  # MAX_NOTE_CHARS: a note/attachment longer is truncated, with a warning issue
+    radiology_max_batch_chars: int = 1_000_000  # RADIOLOGY_MAX_BATCH_CHARS: report text of one batch (413)
+    request_deadline_s: float = 30.0  # REQUEST_DEADLINE_SECONDS: a request still working then answers 503
+
+    @property
+    def max_json_nodes(self) -> int:
+        """Objects + arrays a JSON body may hold, counted before parsing: generous per entry (a
+        Synthea entry has about 22), so only bodies far beyond MAX_BUNDLE_ENTRIES are refused by it."""
+        return self.max_bundle_entries * JSON_NODES_PER_ENTRY
+
+
+JSON_NODES_PER_ENTRY = 256
+_ACTIVE_LIMITS: ContextVar[Limits | None] = ContextVar("oncotwin_limits", default=None)
+_ENV_LIMITS: list[Limits] = []
+
+
+def limits() -> Limits:
+    """The limits in force: the current request's (``shared.http`` sets its app's), else those of
+    the environment (workers, CLI), read once per process."""
+    active = _ACTIVE_LIMITS.get()
+    if active is not None:
+        return active
+    if not _ENV_LIMITS:
+        _ENV_LIMITS.append(_limits(os.environ))
+    return _ENV_LIMITS[0]
+
+
+@contextmanager
+def limits_in_force(active: Limits) -> Iterator[Limits]:
+    """Run a block (a request, a test) under ``active``."""
+    token = _ACTIVE_LIMITS.set(active)
+    try:
+        yield active
+    finally:
+        _ACTIVE_LIMITS.reset(token)
+
+
+def set_limits(active: Limits | None) -> None:
+    """Set (or clear) the limits of the current context: the HTTP layer's per-request hook."""
+    _ACTIVE_LIMITS.set(active)
+
+
+def _limits(env: Mapping[str, str]) -> Limits:
+    return Limits(
+        max_bundle_entries=_int(env, "MAX_BUNDLE_ENTRIES", Limits.max_bundle_entries),
+        max_json_depth=_int(env, "MAX_JSON_DEPTH", Limits.max_json_depth, minimum=8),
+        max_necessity_orders=_int(env, "MAX_NECESSITY_ORDERS", Limits.max_necessity_orders),
+        max_note_chars=_int(env, "MAX_NOTE_CHARS", Limits.max_note_chars, minimum=1000),
+        radiology_max_batch_chars=_int(env, "RADIOLOGY_MAX_BATCH_CHARS", Limits.radiology_max_batch_chars, 1000),
+        request_deadline_s=_float(env, "REQUEST_DEADLINE_SECONDS", Limits.request_deadline_s),
+    )
 
 
 @dataclass(frozen=True)
@@ -118,6 +182,8 @@ class Settings:
     audit_stall_s: int = 600  # an audit with no progress for this long is resumed by a worker
     # Batch necessity audits: paths an HTTP caller may name must lie under this folder; None: no paths over HTTP.
     audit_input_root: Path | None = None
+    # What one request may ask for; validated with the rest at start-up.
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def broker_url(self) -> str:
@@ -172,6 +238,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         neo4j_namespace=env.get("NEO4J_NAMESPACE") or "default",
         neo4j_timeout_s=_float(env, "NEO4J_TIMEOUT_SECONDS", 10.0),
         audit_input_root=_directory(env, "AUDIT_INPUT_ROOT"),
+        limits=_limits(env),
         **_cds(env),
         **_dashboard(env),
         **_coordination(env),

@@ -7,6 +7,8 @@ PHI or exception text from third-party code.
 
 from __future__ import annotations
 
+import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +102,42 @@ class UpstreamError(OncoTwinError):
 
     def __init__(self, message: str, status: int = 502):
         super().__init__(message, [], status, "transient")
+
+
+class DeadlineExceeded(OncoTwinError):
+    """The request's work ran past its deadline (``REQUEST_DEADLINE_SECONDS``) and was stopped at a
+    safe point; 503 with ``Retry-After``. The process goes on serving."""
+
+    def __init__(self, seconds: float):
+        super().__init__(
+            f"the request was stopped after its deadline of {seconds:g} s (REQUEST_DEADLINE_SECONDS); "
+            "send less (fewer orders, entries or reports) or retry later",
+            [],
+            503,
+            "timeout",
+        )
+        self.retry_after_s = max(1, round(seconds))
+
+
+# --- the request deadline -------------------------------------------------------------------------
+# A contextvar, so it follows the request (its thread, or a context copied into another) and never
+# leaks into the next one. ``shared.http`` starts it per request; long loops (Bundle flattening,
+# attachment decoding, each necessity order and judge call, each radiology chunk) call
+# ``check_deadline``, which raises ``DeadlineExceeded`` once it has passed. Outside a request (CLI,
+# Celery workers, which have their own time limits) there is no deadline and the check costs a lookup.
+_DEADLINE: ContextVar[tuple[float, float] | None] = ContextVar("oncotwin_deadline", default=None)
+
+
+def start_deadline(seconds: float | None) -> None:
+    """The current context's work must finish within ``seconds`` from now (None: no deadline)."""
+    _DEADLINE.set(None if seconds is None else (time.monotonic() + seconds, seconds))
+
+
+def check_deadline() -> None:
+    """A safe point: raise ``DeadlineExceeded`` if the current request's deadline has passed."""
+    current = _DEADLINE.get()
+    if current is not None and time.monotonic() > current[0]:
+        raise DeadlineExceeded(current[1])
 
 
 # Failures worth retrying later: an upstream service (FHIR server, LLM: LLMUnavailable is an

@@ -3,7 +3,10 @@
 - every ``OncoTwinError`` becomes its status + FHIR ``OperationOutcome``; anything else is a
   generic 500 OperationOutcome with a request id (the log gets the exception type and place only:
   exception text may quote PHI);
-- bodies over ``MAX_BODY_BYTES`` get 413 before they are read;
+- bodies over ``MAX_BODY_BYTES`` get 413 before they are read; every request runs under its app's
+  ``Limits`` (``shared.config.limits()``) and its deadline (``REQUEST_DEADLINE_SECONDS``): work past
+  it stops at the next safe point with 503 + ``Retry-After`` (``shared.errors.check_deadline``);
+- ``X-Request-ID`` is taken only when it is 1-64 of ``[A-Za-z0-9._-]``, else a new one is made;
 - every route except ``/health`` needs a bearer token; ``require`` adds the scope check. Views marked
   ``authenticates_itself`` (CDS Hooks: a client JWT, not a user token) do their own check instead.
 """
@@ -11,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import traceback
 import uuid
 from collections.abc import Callable
@@ -21,13 +25,16 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from shared.auth import Principal, TokenVerifier, require_scope
-from shared.config import Settings, load_settings
+from shared.config import Settings, load_settings, set_limits
 from shared.errors import (
+    DeadlineExceeded,
+    InvalidInput,
     OncoTwinError,
     PayloadTooLarge,
     Problem,
     UnsupportedMediaType,
     operation_outcome,
+    start_deadline,
 )
 from shared.logs import configure_logging
 from shared.openapi import probes_document
@@ -38,6 +45,12 @@ JSON_TYPES = {FHIR_JSON, "application/json"}
 OPEN_PATHS = {"/health"}
 SELF_AUTHENTICATING = "oncotwin_authenticates_itself"
 F = TypeVar("F", bound=Callable[..., Any])
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def request_id(header: str | None) -> str:
+    """The caller's ``X-Request-ID`` when it is short and plain, else a new one (never echo junk)."""
+    return header if header is not None and REQUEST_ID.fullmatch(header) else uuid.uuid4().hex
 
 
 def outcome_response(status: int, problems: list[Problem]) -> Response:
@@ -57,8 +70,19 @@ def make_app(import_name: str, settings: Settings | None = None, verifier: Token
     app.extensions["oncotwin.verifier"] = verifier or TokenVerifier.from_settings(settings)
 
     @app.before_request
+    def _start() -> None:
+        g.request_id = request_id(request.headers.get("X-Request-ID"))
+        limits = cast(Settings, current_app.extensions["oncotwin.settings"]).limits
+        set_limits(limits)
+        start_deadline(limits.request_deadline_s)
+
+    @app.teardown_request
+    def _finish(_exc: BaseException | None) -> None:
+        start_deadline(None)
+        set_limits(None)
+
+    @app.before_request
     def _authenticate() -> None:
-        g.request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
         view = current_app.view_functions.get(request.endpoint or "")
         if request.path in OPEN_PATHS or getattr(view, SELF_AUTHENTICATING, False):
             return
@@ -79,7 +103,23 @@ def make_app(import_name: str, settings: Settings | None = None, verifier: Token
         response = outcome_response(exc.status, exc.problems)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="oncotwin"'
+        if isinstance(exc, DeadlineExceeded):
+            log.warning("request %s stopped at its deadline", g.get("request_id"))
+            response.headers["Retry-After"] = str(exc.retry_after_s)
         return response
+
+    @app.errorhandler(RecursionError)
+    def _too_deep(_exc: RecursionError) -> Response:
+        # A backstop: JSON bodies are checked against MAX_JSON_DEPTH before parsing.
+        return _domain_error(
+            InvalidInput("the input is nested too deeply to process (see MAX_JSON_DEPTH)", issue_code="too-costly")
+        )
+
+    @app.errorhandler(UnicodeError)
+    def _bad_text(exc: UnicodeError) -> Response:
+        # A backstop: text that is not valid Unicode (a lone surrogate) that got past a parser.
+        log.info("request %s: %s", g.get("request_id"), type(exc).__name__)
+        return _domain_error(InvalidInput("the input holds text that is not valid Unicode", issue_code="invalid"))
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_exc: RequestEntityTooLarge) -> Response:

@@ -274,10 +274,18 @@ class ClientVerifier:
             raise Unauthorized(f"token missing required claim {exc.claim!r}") from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(next((m for t, m in _FAILURES if isinstance(exc, t)), "token invalid")) from None
-        if claims["iss"] not in self.issuers:
+        # Claim types first: a signed token from a trusted key may still carry a list, an object or a
+        # string where a string or a number belongs, and every comparison below must see the right type.
+        if not isinstance(claims["iss"], str) or claims["iss"] not in self.issuers:
             raise Unauthorized("token issuer not accepted")
+        aud = claims["aud"]
+        if not (isinstance(aud, str) or (isinstance(aud, list) and aud and all(isinstance(a, str) for a in aud))):
+            raise Unauthorized("token audience is not this service endpoint")
+        for name in ("exp", "iat", "nbf"):
+            if name in claims and not _number(claims[name]):
+                raise Unauthorized(f"token {name} must be a number")
         now = self._clock()
-        if not isinstance(claims["iat"], int | float) or claims["iat"] > now + self._leeway:
+        if claims["iat"] > now + self._leeway:
             raise Unauthorized("token issued-at invalid")
         if claims["exp"] > now + MAX_TOKEN_AHEAD_S + self._leeway:
             raise Unauthorized("token lifetime too long")
@@ -291,6 +299,11 @@ class ClientVerifier:
         ttl = int(claims["exp"] - self._clock()) + self._leeway + 1
         if not self._replay.first_use(digest, max(1, ttl)):
             raise Unauthorized("token already used (jti replay)")
+
+
+def _number(value: Any) -> bool:
+    """A JSON number (NumericDate), not a bool, a numeric string, NaN or infinity."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value and abs(value) < 1e15
 
 
 def _bearer(authorization_header: str | None) -> str:

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import os
 import re
-from typing import cast
+from typing import Any, cast
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from flask.blueprints import BlueprintSetupState
 
+from graph.queries import PathwayQueries
 from services.guidance import necessity_bundle, parse_format
 from services.medical_necessity.audit_app import blueprint as audits
 from services.medical_necessity.engine import assess, orders_to_review
-from services.medical_necessity.judge import Judge, judge_from_env
+from services.medical_necessity.judge import Judge, Judgement, judge_from_env
 from services.medical_necessity.openapi import openapi_document
+from services.medical_necessity.passages import Passage
 from services.web import answer, pathway_queries, posted_record
 from shared.access_log import log_access
-from shared.config import Settings
-from shared.errors import InvalidInput, UnprocessableInput
+from shared.config import Settings, limits
+from shared.errors import InvalidInput, Problem, UnprocessableInput, check_deadline
 from shared.http import make_app, principal, require
 
 blueprint = Blueprint("necessity", __name__, url_prefix="/necessity/v1")
@@ -42,6 +44,44 @@ def parse_order(raw: str | None) -> str | None:
     return raw
 
 
+class _DeadlineQueries:
+    """The app's pathway queries with a deadline check before each order's criteria are built (the
+    engine asks once per order), so a request past ``REQUEST_DEADLINE_SECONDS`` stops between orders."""
+
+    def __init__(self, inner: PathwayQueries) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def criteria_for(self, *args: Any, **kwargs: Any) -> Any:
+        check_deadline()
+        return self._inner.criteria_for(*args, **kwargs)
+
+
+class _DeadlineJudge:
+    """The judge with a deadline check before each call (an LLM jury call can take seconds)."""
+
+    def __init__(self, inner: Judge) -> None:
+        self._inner = inner
+
+    def __call__(self, criterion: str, passages: list[Passage]) -> Judgement:
+        check_deadline()
+        return self._inner(criterion, passages)
+
+
+def check_order_count(count: int) -> None:
+    """At most ``MAX_NECESSITY_ORDERS`` orders per request (the CDS hooks cap theirs too): 422 before
+    any is evaluated."""
+    cap = limits().max_necessity_orders
+    if count > cap:
+        message = (
+            f"the input holds {count} orders to review; a request evaluates at most {cap} "
+            "(MAX_NECESSITY_ORDERS): name one with ?order= or send fewer"
+        )
+        raise UnprocessableInput(message, [Problem("too-costly", message)], issue_code="too-costly")
+
+
 @blueprint.post("/evaluate")
 @require("necessity.read")
 def evaluate() -> Response:
@@ -53,7 +93,13 @@ def evaluate() -> Response:
     except UnprocessableInput:
         log_access(principal(), ACTION, record.id, "order-not-in-input", g.request_id)
         raise
-    necessity = assess(record, pathway_queries(), orders, cast(Judge, current_app.extensions[JUDGE]))
+    try:
+        check_order_count(len(orders))
+    except UnprocessableInput:
+        log_access(principal(), ACTION, record.id, "too-many-orders", g.request_id)
+        raise
+    queries = cast(PathwayQueries, _DeadlineQueries(pathway_queries()))
+    necessity = assess(record, queries, orders, _DeadlineJudge(cast(Judge, current_app.extensions[JUDGE])))
     log_access(principal(), ACTION, record.id, "ok", g.request_id)
     return answer(output, necessity, necessity_bundle)
 

@@ -29,6 +29,7 @@ from shared.celery_app import configure
 from shared.config import Settings
 from shared.contract import validated
 from shared.errors import InvalidInput, NotFound, UpstreamError
+from shared.fhir.parse import load_json
 from shared.http import make_app, principal, require, settings
 
 blueprint = Blueprint("necessity_audits", __name__, url_prefix="/necessity/v1/audits")
@@ -36,6 +37,7 @@ SCOPE = "necessity.audit"
 ACTION = "necessity.audit"
 ENQUEUE = "oncotwin.audits.enqueue"  # app.extensions: (audit_id, Work) -> None; tests may replace it
 AUDIT_ID = re.compile(r"^[0-9a-f]{32}$")
+SEARCH_PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_:.\-]{0,63}")
 log = logging.getLogger(__name__)
 
 
@@ -73,9 +75,32 @@ def _strings(body: dict[str, Any], name: str) -> list[Any]:
         raise InvalidInput(f"{name} must be an array of at most {MAX_PATHS} items", issue_code="structure")
     if name == "paths" and not all(isinstance(v, str) and v for v in value):
         raise InvalidInput("paths must be non-empty strings", issue_code="value")
-    if name == "fhirSearches" and not all(isinstance(v, (str, dict)) for v in value):
-        raise InvalidInput("fhirSearches must hold query strings or objects", issue_code="value")
+    if name == "fhirSearches" and not all(isinstance(v, str) or _search_object(v) for v in value):
+        raise InvalidInput(
+            "fhirSearches must hold query strings or objects of parameter names (letters, digits, _:.-) "
+            "to string values",
+            issue_code="value",
+        )
     return value
+
+
+def _search_object(value: Any) -> bool:
+    """A ``{param: value}`` search whose names are plain, so no error can quote a caller's key."""
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and SEARCH_PARAM.fullmatch(k) and isinstance(v, str) for k, v in value.items()
+    )
+
+
+def _json_body() -> Any:
+    """The body as JSON (nesting checked before parsing); None when it is not JSON at all."""
+    if not request.is_json:
+        return None
+    try:
+        return load_json(request.get_data(cache=False), "request body")
+    except InvalidInput as exc:
+        if any(p.code == "too-costly" for p in exc.problems):
+            raise
+        return None
 
 
 def _status(audit_id: str, code: int = 200) -> Response:
@@ -87,7 +112,7 @@ def _status(audit_id: str, code: int = 200) -> Response:
 @blueprint.post("")
 @require(SCOPE)
 def create() -> Response:
-    body = request.get_json(silent=True)
+    body = _json_body()
     if not isinstance(body, dict):
         raise InvalidInput('body must be a JSON object {"paths": [...], "fhirSearches": [...]}', issue_code="structure")
     paths, searches = _strings(body, "paths"), _strings(body, "fhirSearches")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -10,11 +9,12 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify
 
 from services.radiology.contract import BATCH, MAX_BATCH, REPORT, BatchOut, ClassifyOut
 from services.radiology.openapi import openapi_document
-from services.radiology.service import RadiologyEngine, default_engine, report_from_json
+from services.radiology.service import RadiologyEngine, default_engine, report_chars, report_from_json
 from shared.access_log import log_access
-from shared.config import Settings
+from shared.config import Settings, limits
 from shared.contract import validated
 from shared.errors import InvalidInput, PayloadTooLarge
+from shared.fhir.parse import load_json
 from shared.http import fhir_body, make_app, principal, require, settings
 
 blueprint = Blueprint("radiology", __name__, url_prefix="/radiology/v1")
@@ -31,11 +31,9 @@ def _engine() -> RadiologyEngine:
 
 
 def _json_body() -> Any:
-    raw = fhir_body()
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("body is not JSON", issue_code="structure") from None
+    """The body as JSON: nesting checked (``MAX_JSON_DEPTH``) before it is parsed; lone surrogates
+    and other invalid text are a 400 naming the problem."""
+    return load_json(fhir_body(), "request body")
 
 
 def _patient(body: Any) -> str | None:
@@ -65,6 +63,9 @@ def classify_batch() -> Response:
     if len(items) > MAX_BATCH:
         raise PayloadTooLarge(f"a batch holds at most {MAX_BATCH} reports; got {len(items)}")
     reports = [report_from_json(item, str(i), f"reports[{i}].") for i, item in enumerate(items)]
+    total, cap = sum(map(report_chars, reports)), limits().radiology_max_batch_chars
+    if total > cap:
+        raise PayloadTooLarge(f"a batch holds at most {cap} characters of report text (RADIOLOGY_MAX_BATCH_CHARS)")
     validated(BATCH, body)
     uids = [r.uid for r in reports]
     if len(set(uids)) != len(uids):

@@ -20,10 +20,17 @@ labels when the model was trained.)
 So the model decides presence, the rules say how it is worded and where, and every disagreement
 surfaces as ``uncertain`` for a reader to check. ``probability`` is always the model's.
 
-The default model artifact lives in ``$ONCOTWIN_DATA_DIR/models/radiology``; ``default_engine``
-trains it from the development reports on first use (weak labels only, a few seconds on CPU) when it
-is missing or was written by an older format, or ``oncotwin radiology train`` writes it. Nothing is ever
-downloaded.
+The default model artifact lives in ``$ONCOTWIN_DATA_DIR/models/radiology``; ``oncotwin radiology
+train`` writes it, or the warm-up at start trains it from the development reports (weak labels only,
+25-70 s on CPU) when it is missing or was written by an older format. Nothing is ever downloaded.
+
+Warm start: a request never trains, and the first one after start is as fast as the rest.
+:func:`start_warm_up` (``oncotwin up`` calls it in the web worker as it starts) loads or trains the
+model in a background thread and reads one report, so the labeler's rules and spaCy are loaded too;
+until it is done :func:`is_warm` is False (``/ready`` answers 503) and :func:`default_engine`, the
+request path, raises :class:`WarmingUp` (503). A process that never started a warm-up (an app factory
+that does not call it) loads an artifact made beforehand on first use (no training: the deployments
+mount one), and otherwise starts the warm-up in the background and answers 503 meanwhile.
 """
 
 from __future__ import annotations
@@ -31,10 +38,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import re
 import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +56,11 @@ from services.radiology.model import (
     train_from_reports,
 )
 from services.radiology.schema import NORMAL, SCHEMAS, Finding, Report, Status
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, OncoTwinError, check_deadline
 
+log = logging.getLogger(__name__)
+
+CHUNK = 32  # reports read between two deadline checks (``shared.errors.check_deadline``)
 DEFAULT_TRAINING_CSV = Path(__file__).resolve().parents[3] / "shared" / "data" / "radiology" / "openi_reports_dev.csv"
 
 
@@ -154,6 +166,14 @@ class RadiologyEngine(_UsesLabeler):
             raise ValueError(f"model schema {self.schema!r} is not one of {sorted(SCHEMAS)}")
 
     def classify(self, reports: Sequence[Report]) -> list[Classified]:
+        """Findings per report, read ``CHUNK`` reports at a time with a deadline check before each."""
+        out: list[Classified] = []
+        for start in range(0, len(reports), CHUNK):
+            check_deadline()
+            out.extend(self._classify(reports[start : start + CHUNK]))
+        return out
+
+    def _classify(self, reports: Sequence[Report]) -> list[Classified]:
         if not reports:
             return []
         labelled = list(self.labeler(reports, self.schema))  # read once: the model's features and the rules' say
@@ -186,23 +206,30 @@ class LabelerEngine(_UsesLabeler):
         self._labeler = labeler
 
     def classify(self, reports: Sequence[Report]) -> list[Classified]:
-        if not reports:
-            return []
-        return [
-            Classified(report.uid, tuple(f for f in findings_of(labelled) if f.status != "absent"))
-            for report, labelled in zip(reports, self.labeler(reports, self.schema), strict=True)
-        ]
+        out: list[Classified] = []
+        for start in range(0, len(reports), CHUNK):
+            check_deadline()
+            chunk = reports[start : start + CHUNK]
+            out.extend(
+                Classified(report.uid, tuple(f for f in findings_of(labelled) if f.status != "absent"))
+                for report, labelled in zip(chunk, self.labeler(chunk, self.schema), strict=True)
+            )
+        return out
 
 
 def findings_engine(data_dir: Path) -> RadiologyEngine | LabelerEngine:
-    """The trained engine when its artifact exists (never trained here), else the labeler alone."""
-    if (model_dir(data_dir) / "metadata.json").is_file():
-        return default_engine(data_dir)
-    return LabelerEngine()
+    """The trained engine when its artifact exists and is current (never trained here), else the
+    labeler alone."""
+    try:
+        engine = _loaded(model_dir(data_dir))
+    except StaleArtifact:  # retrained by the web process's warm-up (or `oncotwin radiology train`)
+        engine = None
+    return engine if engine is not None else LabelerEngine()
 
 
 _LOCK = threading.Lock()
 _ENGINES: dict[Path, RadiologyEngine] = {}
+WARM_UP_REPORT = Report("warm-up", "Heart size is normal. No pleural effusion.", "No acute disease.", "")
 
 
 def load_or_train(directory: Path, training_csv: Path = DEFAULT_TRAINING_CSV) -> RadiologyModel:
@@ -223,14 +250,111 @@ def load_or_train(directory: Path, training_csv: Path = DEFAULT_TRAINING_CSV) ->
     return model
 
 
+class WarmingUp(OncoTwinError):
+    """The model is not loaded yet (503): the warm-up at start is loading or training it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, [], 503, "transient")
+
+
+@dataclass
+class WarmUp:
+    """One background load-or-train of a model folder, and how it went."""
+
+    directory: Path
+    started: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+    seconds: float | None = None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the engine is loaded (False: still running, or it failed: see ``error``)."""
+        return self.done.wait(timeout) and self.error is None
+
+
+_WARM_UPS: dict[Path, WarmUp] = {}
+
+
+def warm_up(data_dir: Path, training_csv: Path | None = None) -> RadiologyEngine:
+    """Load (or train from ``training_csv``, default the dev reports, when missing or stale) the model
+    of ``data_dir`` and classify one report, so that nothing is left to load on the first request;
+    the engine then serves this process."""
+    directory = model_dir(data_dir)
+    engine = RadiologyEngine(load_or_train(directory, training_csv or DEFAULT_TRAINING_CSV))
+    engine.classify([WARM_UP_REPORT])  # imports spaCy and builds the rule labeler (about 2 s)
+    with _LOCK:
+        return _ENGINES.setdefault(directory, engine)
+
+
+def start_warm_up(data_dir: Path, training_csv: Path | None = None) -> WarmUp:
+    """:func:`warm_up` in a background thread, once per model folder per process (a running or
+    finished one is returned as it is; one that failed is started again)."""
+    directory = model_dir(data_dir)
+    with _LOCK:
+        current = _WARM_UPS.get(directory)
+        if current is not None and current.error is None:
+            return current
+        state = _WARM_UPS[directory] = WarmUp(directory)
+        if directory in _ENGINES:  # already loaded in this process
+            state.seconds = 0.0
+            state.done.set()
+            return state
+
+    def run() -> None:
+        try:
+            warm_up(data_dir, training_csv)
+        except Exception as exc:  # the state says why; requests answer 503 with it
+            state.error = f"{type(exc).__name__}: {exc}"
+            log.exception("radiology model warm-up failed")
+        else:
+            log.info("radiology model ready in %.1f s", time.monotonic() - state.started)
+        state.seconds = time.monotonic() - state.started
+        state.done.set()
+
+    threading.Thread(target=run, name="radiology-warm-up", daemon=True).start()
+    return state
+
+
+def is_warm(data_dir: Path) -> bool:
+    """True once this process's engine for ``data_dir`` is loaded (readiness)."""
+    return model_dir(data_dir) in _ENGINES
+
+
+def _loaded(directory: Path) -> RadiologyEngine | None:
+    """The engine of ``directory``, loading a current artifact if need be (never training); None
+    when there is none. Raises :class:`StaleArtifact` for an older format."""
+    with _LOCK:
+        engine = _ENGINES.get(directory)
+        if engine is None and (directory / "metadata.json").is_file():
+            engine = _ENGINES[directory] = RadiologyEngine(RadiologyModel.load(directory))
+        return engine
+
+
 def default_engine(data_dir: Path) -> RadiologyEngine:
-    """One engine per model folder per process, loaded (or trained) on first use."""
+    """The request path: this process's engine for ``data_dir``. Never trains.
+
+    Loaded (by the warm-up, or earlier): returned. A warm-up running or failed: :class:`WarmingUp`
+    (503). No warm-up in this process: a current artifact is loaded (made beforehand, e.g. mounted);
+    without one the warm-up is started in the background, and :class:`WarmingUp` meanwhile."""
     directory = model_dir(data_dir)
     with _LOCK:
         engine = _ENGINES.get(directory)
-        if engine is None:
-            engine = _ENGINES[directory] = RadiologyEngine(load_or_train(directory))
+        state = _WARM_UPS.get(directory)
+    if engine is not None:
         return engine
+    if state is None:
+        try:
+            engine = _loaded(directory)
+        except StaleArtifact:
+            engine = None
+        if engine is not None:
+            return engine
+        state = start_warm_up(data_dir)
+    if state.error is not None:
+        raise WarmingUp(
+            "the radiology model could not be loaded or trained; run `oncotwin radiology train`, then restart"
+        )
+    raise WarmingUp("the radiology model is loading (trained at start when missing); retry shortly")
 
 
 # ---- inputs: plain text, sections, or a FHIR DiagnosticReport -> Report ------------------------------
@@ -244,7 +368,12 @@ _SECTION_OF = {
     "history": "indication",
     "clinical history": "indication",
 }
-MAX_TEXT_CHARS = 100_000
+MAX_TEXT_CHARS = 100_000  # per text field, and for the text of a report's presentedForm together
+
+
+def report_chars(report: Report) -> int:
+    """The report text a batch counts against ``RADIOLOGY_MAX_BATCH_CHARS``."""
+    return len(report.findings) + len(report.impression) + len(report.indication)
 
 
 def report_from_text(text: str, uid: str) -> Report:
@@ -263,6 +392,14 @@ def report_from_text(text: str, uid: str) -> Report:
     return Report(uid, *(" ".join(parts[k]) for k in ("findings", "impression", "indication")))
 
 
+def _too_long(what: str) -> InvalidInput:
+    return InvalidInput(f"{what} is longer than {MAX_TEXT_CHARS} characters", issue_code="too-long")
+
+
+def _not_text(where: str, k: int) -> InvalidInput:
+    return InvalidInput(f"{where}presentedForm[{k}].data is not base64 UTF-8 text", issue_code="value")
+
+
 def _string(obj: dict[str, Any], key: str, where: str) -> str:
     value = obj.get(key, "")
     if value is None:
@@ -270,7 +407,7 @@ def _string(obj: dict[str, Any], key: str, where: str) -> str:
     if not isinstance(value, str):
         raise InvalidInput(f"{where}{key} must be a string", issue_code="structure")
     if len(value) > MAX_TEXT_CHARS:
-        raise InvalidInput(f"{where}{key} is longer than {MAX_TEXT_CHARS} characters", issue_code="too-long")
+        raise _too_long(f"{where}{key}")
     return value
 
 
@@ -285,10 +422,16 @@ def _diagnostic_report(obj: dict[str, Any], uid: str, where: str) -> Report:
         content_type = str(form.get("contentType", "text/plain")).split(";")[0].strip().lower()
         if content_type not in ("text/plain", ""):
             continue
+        data = form["data"]
+        # base64 of at most MAX_TEXT_CHARS characters of UTF-8 text (4 bytes each at most)
+        if not isinstance(data, str) or len(data) > (MAX_TEXT_CHARS * 4 // 3 + 4) * 4:
+            raise _too_long(f"{where}presentedForm[{k}].data") if isinstance(data, str) else _not_text(where, k)
         try:
-            texts.append(base64.b64decode(str(form["data"]), validate=True).decode("utf-8"))
+            texts.append(base64.b64decode(data, validate=True).decode("utf-8"))
         except (binascii.Error, ValueError):
-            raise InvalidInput(f"{where}presentedForm[{k}].data is not base64 UTF-8 text", issue_code="value") from None
+            raise _not_text(where, k) from None
+        if sum(map(len, texts)) > MAX_TEXT_CHARS:
+            raise _too_long(f"{where}presentedForm text")
     report = report_from_text("\n".join(texts), uid)
     conclusion = _string(obj, "conclusion", where)
     if conclusion:

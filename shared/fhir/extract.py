@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from shared.config import limits
+from shared.errors import check_deadline
 from shared.fhir.codes import (
     all_codings,
     codings,
@@ -358,7 +360,17 @@ def _decode_attachment(att: dict[str, Any], key: str, path: str, ctx: Context) -
         return None
     if "html" in content_type:
         text = html.unescape(_TAGS.sub(" ", text))
-    return text, content_type.split(";")[0]
+    return _bounded(text, key, path, ctx), content_type.split(";")[0]
+
+
+def _bounded(text: str, key: str, path: str, ctx: Context) -> str:
+    """A note's text up to ``MAX_NOTE_CHARS``; a longer one is truncated, with a warning issue."""
+    check_deadline()  # a safe point of ingestion: once per note
+    cap = limits().max_note_chars
+    if len(text) <= cap:
+        return text
+    ctx.warn(key, path, f"text longer than {cap} characters (MAX_NOTE_CHARS); only the first {cap} are read")
+    return text[:cap]
 
 
 def read_document_reference(res: dict[str, Any], key: str, path: str, rec: PatientRecord, ctx: Context) -> None:
@@ -401,7 +413,7 @@ def read_composition(res: dict[str, Any], key: str, path: str, rec: PatientRecor
                 key,
                 FhirTime.parse(res.get("date")),
                 primary_code(res.get("type"), (LOINC,)),
-                "\n\n".join(parts),
+                _bounded("\n\n".join(parts), key, f"{path}.section", ctx),
                 "text/plain",
             )
         )

@@ -1,12 +1,18 @@
 """Turn input bytes/files into raw FHIR resources with their location, or refuse the input.
 
-Only input-level problems are raised here (not JSON, not FHIR, wrong resourceType); a bad single
-resource is ingestion's business and becomes an ``IngestIssue``.
+Only input-level problems are raised here (not JSON, not FHIR, wrong resourceType, over a limit); a
+bad single resource is ingestion's business and becomes an ``IngestIssue``.
+
+Limits (``shared.config.limits()``) are checked before objects are built: JSON text is first reduced
+to its bracket skeleton with C-speed bytes operations (escapes and strings removed), which gives the
+exact number of objects/arrays and the nesting depth (``MAX_JSON_DEPTH``) without parsing; Bundle
+entries (``MAX_BUNDLE_ENTRIES``, nested Bundles included) are counted before a ``RawResource`` is made.
 """
 
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +20,8 @@ from typing import Any
 
 import orjson
 
-from shared.errors import InvalidInput, Problem
+from shared.config import limits
+from shared.errors import InvalidInput, PayloadTooLarge, Problem, check_deadline
 
 BUNDLE_TYPES = {
     "document",
@@ -27,6 +34,10 @@ BUNDLE_TYPES = {
     "searchset",
     "collection",
 }
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_STRING = re.compile(rb'"[^"]*"')  # after escaped quotes are gone: linear, no backtracking
+_SKELETON = bytes.maketrans(b"{[}]", b"(())")
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"{}[]")
 
 
 @dataclass(slots=True)
@@ -41,20 +52,61 @@ class RawResource:
 
     @property
     def id(self) -> str | None:
+        """The resource id when it is a FHIR id (1-64 of ``[A-Za-z0-9-.]``): anything else is not
+        an identity, and must not travel into issues and error bodies."""
         rid = self.resource.get("id")
-        return rid if isinstance(rid, str) else None
+        return rid if isinstance(rid, str) and FHIR_ID.fullmatch(rid) else None
 
 
-def _loads(data: bytes | str, where: str) -> Any:
+def json_shape(data: bytes | str, max_depth: int) -> tuple[int, int]:
+    """(objects + arrays, nesting depth) of JSON text, without parsing it; the depth is exact up to
+    ``max_depth + 1`` (deeper counts as ``max_depth + 1``). For invalid JSON the figures are
+    approximate, and the parser rejects it afterwards."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    # Escaped backslashes first, then escaped quotes: what remains of '"' delimits strings.
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = _STRING.sub(b"", unescaped).translate(_SKELETON, _NOT_BRACKET)
+    nodes = skeleton.count(b"(")
+    if nodes != skeleton.count(b")"):
+        return nodes, 0  # not JSON: the parser says where
+    depth = 0
+    while skeleton and depth <= max_depth:  # each pass removes the innermost level
+        skeleton = skeleton.replace(b"()", b"")
+        depth += 1
+    return nodes, depth
+
+
+def check_json_limits(data: bytes | str, where: str) -> None:
+    """``MAX_JSON_DEPTH`` and the object count (``MAX_BUNDLE_ENTRIES`` x 256) before parsing."""
+    active = limits()
+    nodes, depth = json_shape(data, active.max_json_depth)
+    if nodes > active.max_json_nodes:
+        message = (
+            f"{where} holds more than {active.max_json_nodes} JSON objects and arrays "
+            f"(MAX_BUNDLE_ENTRIES={active.max_bundle_entries} entries x 256)"
+        )
+        raise PayloadTooLarge(message)
+    if depth > active.max_json_depth:
+        message = f"{where} is nested deeper than {active.max_json_depth} levels (MAX_JSON_DEPTH)"
+        raise InvalidInput(message, [Problem("too-costly", message, expression=where)], issue_code="too-costly")
+
+
+def load_json(data: bytes | str, where: str = "request body") -> Any:
+    """JSON text -> Python objects, after ``check_json_limits``; a 400 naming the problem otherwise
+    (its position only: the decoder's message may quote the input)."""
+    check_json_limits(data, where)
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        # Position only: the message of the decoder may quote the input.
+        what = "holds a lone UTF-16 surrogate" if "surrogate" in str(exc) else "is not valid JSON"
         raise InvalidInput(
-            f"{where} is not valid JSON (error near character {exc.pos})",
-            [Problem("structure", f"not valid JSON near character {exc.pos}", expression=where)],
+            f"{where} {what} (error near character {exc.pos})",
+            [Problem("structure", f"{what} near character {exc.pos}", expression=where)],
             issue_code="structure",
         ) from None
+
+
+_loads = load_json
 
 
 def _require_resource(doc: Any, where: str) -> dict[str, Any]:
@@ -67,8 +119,9 @@ def _require_resource(doc: Any, where: str) -> dict[str, Any]:
     return doc
 
 
-def bundle_entries(bundle: dict[str, Any], where: str = "Bundle") -> list[RawResource]:
-    """Resources of a Bundle of any type, with their fullUrl; nested Bundles are flattened."""
+def bundle_entries(bundle: dict[str, Any], where: str = "Bundle", _seen: int = 0) -> list[RawResource]:
+    """Resources of a Bundle of any type, with their fullUrl; nested Bundles are flattened. More than
+    ``MAX_BUNDLE_ENTRIES`` entries in all (nested ones included) is refused (413) before any is read."""
     btype = bundle.get("type")
     if btype not in BUNDLE_TYPES:
         raise InvalidInput(
@@ -83,8 +136,13 @@ def bundle_entries(bundle: dict[str, Any], where: str = "Bundle") -> list[RawRes
             [Problem("structure", "Bundle.entry is not an array", expression=f"{where}.entry")],
             issue_code="structure",
         )
+    cap = limits().max_bundle_entries
+    if _seen + len(entries) > cap:
+        raise PayloadTooLarge(f"the Bundle holds more than {cap} entries (MAX_BUNDLE_ENTRIES)")
     out: list[RawResource] = []
+    nested = 0  # entries of nested Bundles read so far
     for i, entry in enumerate(entries):
+        check_deadline()
         path = f"{where}.entry[{i}].resource"
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
@@ -92,7 +150,9 @@ def bundle_entries(bundle: dict[str, Any], where: str = "Bundle") -> list[RawRes
             out.append(RawResource({"resourceType": None}, path))
             continue
         if resource.get("resourceType") == "Bundle":
-            out.extend(bundle_entries(resource, path))
+            inner = bundle_entries(resource, path, _seen + len(entries) + nested)
+            nested += len(inner)
+            out.extend(inner)
             continue
         search = entry.get("search")
         if isinstance(search, dict) and search.get("mode") == "outcome":
@@ -133,7 +193,7 @@ def read_path(path: Path) -> Iterator[RawResource]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and _is_fhir_file(p))
         if not files:
-            raise InvalidInput(f"folder {path.name!r} holds no .json or .ndjson files")
+            raise InvalidInput("the folder holds no .json or .ndjson files")
         for file in files:
             yield from read_path(file)
     elif path.is_file():
@@ -142,7 +202,7 @@ def read_path(path: Path) -> Iterator[RawResource]:
         else:
             yield from _read_json_file(path)
     else:
-        raise InvalidInput(f"no such file or folder: {path}")
+        raise InvalidInput("no such file or folder", issue_code="not-found")  # the path is the caller's own
 
 
 def _is_fhir_file(path: Path) -> bool:

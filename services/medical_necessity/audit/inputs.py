@@ -77,14 +77,24 @@ def _folder_inputs(folder: Path) -> Iterator[str]:
         yield FOLDER + str(folder)
 
 
-def confined(path: Path, root: Path | None) -> Path:
-    """``path`` resolved; when ``root`` is given it must lie inside it (no ``..``, no symlink escape)."""
-    if root is None:
-        return path.resolve()
-    base = root.resolve()
-    resolved = (base / path).resolve()
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def confined(path: Path | str, root: Path | None, where: str = "the audit path") -> Path:
+    """``path`` resolved; when ``root`` is given it must lie inside it (no ``..``, no symlink escape).
+    A path with a NUL or other control character, or one too long for the system, is refused.
+    Messages name ``where`` (e.g. ``paths[2]``), never the path: it is the caller's input."""
+    if _CONTROL.search(str(path)):
+        raise InvalidInput(f"{where} holds a NUL or other control character", issue_code="value")
+    try:
+        if root is None:
+            return Path(path).resolve()
+        base = root.resolve()
+        resolved = (base / path).resolve()
+    except (OSError, ValueError):  # too long, too many links...
+        raise InvalidInput(f"{where} cannot be resolved", issue_code="value") from None
     if not resolved.is_relative_to(base):
-        raise InvalidInput("input paths must lie inside the audit input folder", issue_code="value")
+        raise InvalidInput(f"{where} must lie inside the audit input folder", issue_code="value")
     return resolved
 
 
@@ -93,15 +103,15 @@ def enumerate_paths(paths: Sequence[str | Path], root: Path | None = None) -> li
     if not paths:
         raise InvalidInput("name at least one input", issue_code="required")
     refs: list[str] = []
-    for raw in paths:
-        path = confined(Path(raw), root)
+    for i, raw in enumerate(paths):
+        where = f"the audit path paths[{i}]"
+        path = confined(raw, root, where)
         if path.is_dir():
             found = _folder_inputs(path)
         elif path.is_file():
             found = iter([FILE + str(path)])
         else:
-            shown = raw if root is not None else path.name  # the caller's own words, or a file name
-            raise InvalidInput(f"no such file or folder: {shown}", issue_code="not-found")
+            raise InvalidInput(f"no such file or folder: {where}", issue_code="not-found")
         for ref in found:  # counted as found, so a huge tree is refused without walking all of it
             refs.append(ref)
             if len(refs) > MAX_INPUTS:
