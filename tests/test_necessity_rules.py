@@ -119,3 +119,20 @@ def test_a_card_source_label_is_never_cut():
     title = "Osimertinib in untreated EGFR-mutated advanced non-small-cell lung cancer (FLAURA), " * 3
     label = _source([CitationOut(title=title, publisher="NEJM", url="https://doi.org/x", section="Results")])["label"]
     assert label == f"NEJM: {title}" and "..." not in label
+
+
+def test_note_search_matches_whole_words_and_answers_from_one_index():
+    from datetime import date
+
+    from services.medical_necessity.passages import passages_of
+    from tests.builders import note
+
+    record = patient("breast", stage="IIA")
+    note(record, "Nasal swab rt-PCR for SARS-CoV-2 was negative before surgery.", "2024-02-01")
+    note(record, "Surgery showed a pathologic complete response (pCR) after neoadjuvant therapy.", "2024-03-01")
+    index = passages_of(record)
+    (best,) = index.relevant(("pCR",), k=1)
+    assert "pathologic complete response" in best.text  # a whole word, not the "PCR" of rt-PCR
+    (phrase,) = index.relevant(("complete response",), k=1)
+    assert phrase.text == best.text
+    assert index.relevant(("pCR",), until=date(2024, 2, 15)) == []  # written after the order

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
+from datetime import date
 
 from graph.facts import SATISFIED, UNKNOWN, UNSATISFIED, Evaluation, Status, combine, deciding_leaves
 from graph.model import Source
@@ -33,11 +34,11 @@ from services.medical_necessity.contract import (
     PassageOut,
 )
 from services.medical_necessity.judge import Judge, Judgement, NoJudge
-from services.medical_necessity.passages import Passage, passages_of, relevant
+from services.medical_necessity.passages import Passage, PassageIndex, passages_of
 from services.medical_necessity.rules import rules, scopes
 from shared.contract import CodeOut, IssueOut
 from shared.errors import UnprocessableInput
-from shared.fhir.record import FhirTime, Order, PatientRecord
+from shared.fhir.record import Order, PatientRecord
 from shared.terminology import terminology
 
 REVIEWABLE_STATUSES = {"draft", "active", "on-hold"}
@@ -96,7 +97,7 @@ def assess(
 
 
 def _determine(
-    record: PatientRecord, queries: PathwayQueries, order: Order, judge: Judge, texts: list[Passage]
+    record: PatientRecord, queries: PathwayQueries, order: Order, judge: Judge, texts: PassageIndex
 ) -> DeterminationOut:
     systemic_rules = rules()
     criteria = queries.criteria_for(
@@ -104,10 +105,8 @@ def _determine(
         record,
         also=lambda match, route: systemic_rules.systemic(match.info.id, order.ingredients, route),
     )
-    if order.authored is not None:
-        # The coded facts are read as of the order date; so is the free text (a later note is no support).
-        day = order.authored.day
-        texts = [p for p in texts if (when := FhirTime.parse(p.date)) is None or when.day <= day]
+    # The coded facts are read as of the order date; so is the free text (a later note is no support).
+    until = order.authored.day if order.authored is not None else None
     order_out = OrderOut(
         reference=order.reference,
         code=CodeOut(system=order.code.system, code=order.code.code, display=order.code.display),
@@ -116,7 +115,7 @@ def _determine(
     )
     if criteria.tree is None:
         return _not_on_pathway(record, queries, order, order_out)
-    judged = _Judging(judge, texts)
+    judged = _Judging(judge, texts, until)
     alternatives = [replace(a, evaluation=judged.resolve(a.evaluation)) for a in criteria.alternatives]
     best = _best(alternatives)
     status = best.evaluation.status
@@ -232,9 +231,10 @@ def _outside(
 class _Judging:
     """Sends each free-text leaf left unknown to the judge once, and rebuilds trees with verdicts."""
 
-    def __init__(self, judge: Judge, texts: list[Passage]) -> None:
+    def __init__(self, judge: Judge, texts: PassageIndex, until: date | None) -> None:
         self.judge = judge
         self.texts = texts
+        self.until = until
         self.verdicts: dict[str, Judgement] = {}
         self.passages: dict[str, list[Passage]] = {}
 
@@ -243,7 +243,7 @@ class _Judging:
             if ev.status != UNKNOWN or not ev.text:
                 return ev
             if ev.label not in self.verdicts:
-                found = relevant(self.texts, ev.text)
+                found = self.texts.relevant(ev.text, until=self.until)
                 self.passages[ev.label] = found
                 self.verdicts[ev.label] = self.judge(ev.label, found)
             verdict = self.verdicts[ev.label].verdict
