@@ -389,6 +389,8 @@ def read_diagnostic_report(res: dict[str, Any], key: str, path: str, rec: Patien
     categories = {c.code for c in all_codings(res.get("category"))}
     results = ctx.refs(res.get("result"), key, path, "result")
     conclusion = res.get("conclusion")
+    if isinstance(conclusion, str):
+        conclusion = _bounded(conclusion, key, f"{path}.conclusion", ctx)
     for i, form in enumerate(res.get("presentedForm") or ()):
         decoded = _decode_attachment(form, key, f"{path}.presentedForm[{i}]", ctx)
         if decoded:

@@ -18,7 +18,7 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import BaseModel, ValidationError
 
-from shared.errors import InvalidInput, Problem, UnprocessableInput
+from shared.errors import InvalidInput, Problem, UnprocessableInput, check_deadline
 from shared.fhir.codes import all_codings, codings, concept_text
 from shared.fhir.context import Context
 from shared.fhir.extract import READERS
@@ -175,14 +175,16 @@ def ingest(raws: Iterable[RawResource], *, strict: bool = False) -> IngestResult
             skipped["DiagnosticReport (routine lab)"] += 1
             continue
         if key is None:
-            issues.append(IngestIssue("error", rtype, None, raw.path, "resource has neither id nor fullUrl"))
+            issues.append(IngestIssue("error", rtype, None, raw.path, "resource has no valid id and no fullUrl"))
             continue
         candidates.append((raw, key))
 
     ctx = Context(index, terms, issues)
     records: dict[str, PatientRecord] = {}
     attributed: list[tuple[RawResource, str, PatientRecord]] = []
-    for raw, key in candidates:
+    for n, (raw, key) in enumerate(candidates):
+        if n % 64 == 0:
+            check_deadline()  # a safe point: validation is the costly step of a large input
         errors = _schema_errors(raw)
         if errors:
             for message in errors:
@@ -210,7 +212,9 @@ def ingest(raws: Iterable[RawResource], *, strict: bool = False) -> IngestResult
                 patient_key, PatientRecord(Demographics(patient_key.partition("/")[2], None, None))
             )
             attributed.append((raw, key, rec))
-    for raw, key, rec in attributed:
+    for n, (raw, key, rec) in enumerate(attributed):
+        if n % 256 == 0:
+            check_deadline()
         READERS[raw.type](raw.resource, key, raw.path, rec, ctx)
 
     if strict:
