@@ -272,3 +272,16 @@ def test_versions_of_one_resource_keep_the_latest():
     reversed_bundle = _dup_bundle("254837009", versions[::-1])  # the later version first in the file
     (cancer,) = load_bundle(orjson.dumps(reversed_bundle)).records[0].cancers
     assert cancer.cancer_type == "nsclc"  # now the NSCLC copy carries version 3
+
+
+def test_html_notes_keep_the_text_a_reader_sees():
+    from shared.fhir.html_text import html_to_text
+
+    markup = (
+        "<html><head><title>x</title><style>p {color: red}</style></head><body>"
+        "<p>Plan: start <b>osimertinib</b> &amp; re-stage.</p><script>var cisplatin = 1;</script>"
+        "<ul><li>EGFR L858R</li><li>PD-L1 &lt;1%</li></ul></body></html>"
+    )
+    text = html_to_text(markup)
+    assert text.splitlines() == ["Plan: start osimertinib & re-stage.", "EGFR L858R", "PD-L1 <1%"]
+    assert "cisplatin" not in text and "color" not in text  # script and style are not note text

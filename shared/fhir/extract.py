@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import html
 import re
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +26,7 @@ from shared.fhir.codes import (
     time_of,
 )
 from shared.fhir.context import Context
+from shared.fhir.html_text import html_to_text
 from shared.fhir.medications import identify, medication_start
 from shared.fhir.observations import ajcc_text, normalise_stage, read_observation
 from shared.fhir.record import (
@@ -54,7 +54,6 @@ MCODE = "/StructureDefinition/mcode-"
 ORDER_STATUSES = {"draft", "active", "on-hold"}
 IMAGING_CATEGORIES = {"RAD", "imaging", "LP29684-5", "18748-4", "CT", "MR", "NMR", "US", "RX"}
 PATHOLOGY_CATEGORIES = {"PAT", "SP", "CP", "GE", "CG", "11526-1", "LP7839-6"}
-_TAGS = re.compile(r"<[^>]+>")
 # Dosage forms that act on skin or eye only: fluorouracil cream treats actinic keratosis, trifluridine
 # drops treat herpes keratitis. No pathway drug is given this way.
 _LOCAL_FORM = re.compile(r"\b(?:cream|ointment|topical|lotion|ophthalmic|eye drops?|cutaneous)\b", re.IGNORECASE)
@@ -359,7 +358,7 @@ def _decode_attachment(att: dict[str, Any], key: str, path: str, ctx: Context) -
         ctx.error(key, path, "attachment data is not valid base64")
         return None
     if "html" in content_type:
-        text = html.unescape(_TAGS.sub(" ", text))
+        text = html_to_text(text)
     return _bounded(text, key, path, ctx), content_type.split(";")[0]
 
 
@@ -408,7 +407,7 @@ def read_composition(res: dict[str, Any], key: str, path: str, rec: PatientRecor
     for section in res.get("section") or ():
         div = (section.get("text") or {}).get("div")
         if div:
-            parts.append(f"# {section.get('title') or 'Section'}\n{html.unescape(_TAGS.sub(' ', div)).strip()}")
+            parts.append(f"# {section.get('title') or 'Section'}\n{html_to_text(div)}")
     if parts:
         rec.notes.append(
             ClinicalNote(
