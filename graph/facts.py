@@ -12,11 +12,11 @@ query evaluates them here, so the stores cannot disagree on a decision.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from functools import cached_property, lru_cache
-from typing import Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from graph.conditions import AllOf, AnyOf, Condition, Leaf, Not, describe
 from shared.fhir.record import (
@@ -97,18 +97,40 @@ def combine(op: Literal["all", "any"], label: str, children: Iterable[Evaluation
     return Evaluation(status, label, op, children=kids, latest=max(dates, default=None))
 
 
-def deciding_leaves(ev: Evaluation, status: Status | None = None) -> list[Evaluation]:
-    """The leaves that give a tree its ``status`` (all leaves when None). Under a NOT the deciding
-    leaf has the opposite status; it is returned labelled "not ..."."""
-    if ev.op == "leaf":
-        return [ev] if status is None or ev.status == status else []
-    if ev.op == "not" and status is not None:
-        inner: Status = {SATISFIED: UNSATISFIED, UNSATISFIED: SATISFIED}.get(status, status)
-        found = deciding_leaves(ev.children[0], inner)
-        return [replace(leaf, label=f"not {leaf.label}") for leaf in found] if found else []
-    if status is not None and ev.status != status:
+class Tree(Protocol):
+    """A criteria tree as the engine builds it (``Evaluation``) or as it answers (``CriterionOut``)."""
+
+    @property
+    def op(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def children(self) -> Sequence[Any]: ...
+
+
+T = TypeVar("T", bound=Tree)
+
+
+def deciding(node: T, status: str | None = None) -> list[tuple[str, T]]:
+    """(label, leaf) for the leaves that give a tree its ``status`` (every leaf when None). Under a
+    NOT the deciding leaf has the opposite status, and its label reads "not ..."."""
+    if node.op == "leaf":
+        return [(node.label, node)] if status is None or node.status == status else []
+    if status is None:
+        return [found for child in node.children for found in deciding(child, None)]
+    if node.status != status:
         return []
-    return [leaf for child in ev.children for leaf in deciding_leaves(child, status)]
+    if node.op == "not":
+        inner = {SATISFIED: UNSATISFIED, UNSATISFIED: SATISFIED}.get(status, status)  # type: ignore[call-overload]
+        return [(f"not {name}", leaf) for child in node.children[:1] for name, leaf in deciding(child, inner)]
+    return [found for child in node.children for found in deciding(child, status)]
+
+
+def deciding_leaves(ev: Evaluation, status: Status | None = None) -> list[Evaluation]:
+    """The deciding leaves of an engine tree, each labelled as ``deciding`` names it."""
+    return [leaf if name == leaf.label else replace(leaf, label=name) for name, leaf in deciding(ev, status)]
 
 
 class Attribution:

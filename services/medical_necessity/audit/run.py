@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from graph import open_store
+from graph.facts import deciding
 from graph.queries import PathwayQueries
 from services.medical_necessity.audit import store
 from services.medical_necessity.audit.inputs import (
@@ -29,7 +30,7 @@ from services.medical_necessity.audit.inputs import (
     read_input,
     search_ref,
 )
-from services.medical_necessity.contract import CriterionOut, DeterminationOut
+from services.medical_necessity.contract import DeterminationOut
 from services.medical_necessity.engine import assess, orders_to_review
 from services.medical_necessity.judge import Judge, NoJudge
 from shared.config import Settings
@@ -57,23 +58,6 @@ def cancer_of(record: PatientRecord) -> str:
     return "+".join(sorted({c.cancer_type for c in primaries})) or "none"
 
 
-_OPPOSITE = {"satisfied": "unsatisfied", "unsatisfied": "satisfied"}
-
-
-def deciding_leaves(node: CriterionOut, status: str) -> list[tuple[str, CriterionOut]]:
-    """The leaves that give ``node`` its ``status``, as the engine finds its deciding criteria:
-    (label, leaf), where under a NOT the leaf has the opposite status and the label reads "not ...";
-    none when ``node`` has another status."""
-    if node.op == "leaf":
-        return [(node.label, node)] if node.status == status else []
-    if node.status != status:
-        return []
-    if node.op == "not":
-        inner = _OPPOSITE.get(status, status)
-        return [(f"not {name}", leaf) for child in node.children[:1] for name, leaf in deciding_leaves(child, inner)]
-    return [found for child in node.children for found in deciding_leaves(child, status)]
-
-
 def review_detail(out: DeterminationOut) -> dict[str, Any]:
     """What a reviewer needs to act on a row, beyond the determination: the option, the deciding
     criteria, the missing facts (for ``insufficient-documentation``: the undocumented leaves of the
@@ -83,11 +67,11 @@ def review_detail(out: DeterminationOut) -> dict[str, Any]:
     best = out.criteria.children[0] if out.criteria is not None and out.criteria.children else None
     missing: list[str] = []
     if out.determination == "insufficient-documentation":
-        unknown = deciding_leaves(best, "unknown") if best is not None else []
+        unknown = deciding(best, "unknown") if best is not None else []
         # the fact to document, as its leaf names it (also under a NOT: what is missing is the fact)
         missing = list(dict.fromkeys(leaf.label for _, leaf in unknown)) or list(out.deciding)
     evidence: dict[tuple[str, str], dict[str, Any]] = {}  # one entry per criterion and reference
-    for criterion, leaf in deciding_leaves(best, best.status) if best is not None else []:
+    for criterion, leaf in deciding(best, best.status) if best is not None else []:
         found = [(e.source, e.value, e.date) for e in leaf.evidence] + [(p.source, None, p.date) for p in leaf.passages]
         for source, value, date in found:
             entry = {"criterion": criterion, "reference": source, "value": value, "date": date}
