@@ -7,8 +7,8 @@ data can make. What it guarantees:
   (``response_format: json_schema``) and return parsed objects;
 - a timeout on every attempt (``LLM_TIMEOUT_SECONDS``);
 - bounded retries (``LLM_MAX_RETRIES``, default 2 from the environment) with exponential backoff
-  and full jitter, only for connection errors, timeouts, 429 and 5xx; ``Retry-After`` is honoured
-  up to the backoff cap;
+  and full jitter, only for connection errors, timeouts, 429 and 5xx; ``Retry-After`` (seconds or an
+  HTTP date) is honoured up to the backoff cap (urllib3's ``Retry``, shared/http_retry.py);
 - a circuit breaker per endpoint: after ``LLM_BREAKER_FAILURES`` (5) failed calls in a row it
   opens and calls fail at once; after ``LLM_BREAKER_COOLDOWN_SECONDS`` (30) one trial call is let
   through (half-open): success closes it, failure opens it again;
@@ -38,6 +38,7 @@ from typing import Any
 import requests
 
 from shared.errors import ConfigError, UpstreamError
+from shared.http_retry import RetryPolicy, session_with_retries, timed_out
 
 DSBD_ROUTE = "/plugins/dsbd/v1/completions"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -218,16 +219,21 @@ class LLMClient:
         )
 
     # -- transport ----------------------------------------------------------------------------
-    def _delay(self, attempt: int, retry_after: str | None) -> float:
-        """Full jitter: uniform in [0, min(cap, base * 2**attempt)]; a Retry-After raises the floor."""
-        ceiling = min(self.backoff_max_s, self.backoff_base_s * (2**attempt))
-        delay = self.rng.uniform(0.0, ceiling)
-        if retry_after:
-            try:
-                delay = max(delay, min(float(retry_after), self.backoff_max_s))
-            except ValueError:
-                pass  # an HTTP date: the jittered backoff is enough
-        return delay
+    def retry_policy(self) -> RetryPolicy:
+        """Full jitter: uniform in [0, min(cap, base * 2**attempt)]; a Retry-After (either form) raises the
+        floor, up to the backoff cap."""
+        return RetryPolicy(
+            self.max_retries,
+            status_forcelist=RETRY_STATUSES,
+            allowed_methods=frozenset({"POST"}),  # the completion calls are read-only on the server
+            backoff_base_s=self.backoff_base_s,
+            backoff_max_s=self.backoff_max_s,
+            full_jitter=True,
+            max_retry_after_s=self.backoff_max_s,
+            sleep_fn=self.sleep,
+            rng=self.rng,
+            label="LLM",
+        )
 
     def post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST JSON with retries and the breaker; the parsed JSON object of a 200 answer."""
@@ -246,36 +252,26 @@ class LLMClient:
 
     def _attempts(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        problem = "no attempt made"
-        retry_after: str | None = None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                self.sleep(self._delay(attempt - 1, retry_after))
-            retry_after = None
-            try:
-                response = requests.post(f"{self.base_url}{path}", json=body, headers=headers, timeout=self.timeout_s)
-            except requests.Timeout:
-                problem = "timed out"
-                continue
-            except requests.RequestException as exc:
-                problem = f"unreachable ({exc.__class__.__name__})"
-                continue
-            if response.status_code in RETRY_STATUSES:
-                problem = f"answered {response.status_code}"
-                retry_after = response.headers.get("Retry-After")
-                continue
-            self.breaker.record_success()  # it answered: whatever it said, it is up
-            if response.status_code != 200:
-                raise UpstreamError(f"LLM endpoint answered {response.status_code}", status=502)
-            try:
-                data = response.json()
-            except ValueError:
-                raise UpstreamError("LLM endpoint returned no JSON", status=502) from None
-            if not isinstance(data, dict):
-                raise UpstreamError("LLM endpoint returned no JSON object", status=502)
-            return data
         tries = self.max_retries + 1
-        raise LLMUnavailable(f"LLM endpoint {problem} ({tries} attempt{'s' if tries > 1 else ''})")
+        attempts = f"{tries} attempt{'s' if tries > 1 else ''}"
+        try:
+            with session_with_retries(self.retry_policy()) as session:
+                response = session.post(f"{self.base_url}{path}", json=body, headers=headers, timeout=self.timeout_s)
+        except requests.RequestException as exc:
+            problem = "timed out" if timed_out(exc) else f"unreachable ({exc.__class__.__name__})"
+            raise LLMUnavailable(f"LLM endpoint {problem} ({attempts})") from None
+        if response.status_code in RETRY_STATUSES:
+            raise LLMUnavailable(f"LLM endpoint answered {response.status_code} ({attempts})")
+        self.breaker.record_success()  # it answered: whatever it said, it is up
+        if response.status_code != 200:
+            raise UpstreamError(f"LLM endpoint answered {response.status_code}", status=502)
+        try:
+            data = response.json()
+        except ValueError:
+            raise UpstreamError("LLM endpoint returned no JSON", status=502) from None
+        if not isinstance(data, dict):
+            raise UpstreamError("LLM endpoint returned no JSON object", status=502)
+        return data
 
     # -- OpenAI-compatible ----------------------------------------------------------------------
     def chat(

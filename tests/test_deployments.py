@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy import kustomize, validate
+from deploy import validate
 from shared.celery_app import QUEUES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ WORKLOADS = {"Deployment", "StatefulSet", "Job"}
 
 @pytest.fixture(scope="module", params=["dev", "prod"])
 def rendered(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
-    return kustomize.build(ROOT / "k8s" / "overlays" / request.param)
+    return validate.render(ROOT / "k8s" / "overlays" / request.param)
 
 
 def of_kind(docs: list[dict[str, Any]], *kinds: str) -> list[dict[str, Any]]:
@@ -182,7 +182,7 @@ def test_dockerfiles_are_pinned_non_root_with_health_checks_and_no_downloads() -
 def test_each_image_target_serves_the_app_k8s_runs_and_the_factory_exists() -> None:
     targets = dict(re.findall(r'(?m)^FROM http AS (\S+)\nENV APP_MODULE="([^"]+)"', DOCKERFILE))
     assert set(HTTP_SERVICES) <= set(targets)
-    base = kustomize.build(ROOT / "k8s" / "base")
+    base = validate.render(ROOT / "k8s" / "base")
     for name in HTTP_SERVICES:
         container = containers(named(base, "Deployment", name))[0]
         assert env_of(container)["APP_MODULE"]["value"] == targets[name], name
@@ -286,11 +286,11 @@ def test_the_kubernetes_check_rejects_a_wrong_field(tmp_path: Path) -> None:
     assert len(errors) == 1 and "Deployment x: /spec/replicas" in errors[0]
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) not installed")
-@pytest.mark.parametrize("directory", ["k8s/base", "k8s/overlays/dev", "k8s/overlays/prod"])
-def test_renderer_output_equals_kubectl_kustomize(directory: str) -> None:
-    out = subprocess.run(["kubectl", "kustomize", str(ROOT / directory)], capture_output=True, text=True, check=True)
-    assert kustomize.build(ROOT / directory) == [d for d in yaml.safe_load_all(out.stdout) if d]
+def test_the_kubernetes_check_fails_clearly_without_kubectl(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(validate.KustomizeError, match="kubectl not found on PATH"):
+        validate.render(ROOT / "k8s" / "base")
+    assert validate.manifest_errors(validate.OVERLAYS[0])[0].startswith("dev: kubectl not found on PATH")
 
 
 def test_every_workload_has_probes_resources_and_a_locked_down_security_context(
@@ -446,92 +446,3 @@ def test_config_map_names_only_settings_the_code_reads(rendered: list[dict[str, 
         if ours and workload["metadata"]["name"] != "vllm":
             for key in env_of(containers(workload)[0]):
                 assert _read_by_the_code(key) or key in {"POD_NAME", "REDIS_PASSWORD", "POSTGRES_PASSWORD"}, key
-
-
-# ---- the renderer itself ----------------------------------------------------------------------------------
-
-
-def _write(directory: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        (directory / name).parent.mkdir(parents=True, exist_ok=True)
-        (directory / name).write_text(text, encoding="utf-8")
-    return directory
-
-
-BASE_FILES = {
-    "base/kustomization.yaml": "resources: [app.yaml]\n",
-    "base/app.yaml": """\
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: app, labels: {a: b}}
-spec:
-  replicas: 2
-  template:
-    metadata: {labels: {a: b}}
-    spec:
-      initContainers: [{name: init, image: "reg.io/tool@sha256:abc"}]
-      containers:
-        - name: app
-          image: oncotwin/app:1.0
-          env: [{name: A, value: "1"}, {name: B, value: "2"}]
-          args: [x, y]
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: shared}
-""",
-}
-
-
-def test_renderer_applies_namespace_labels_replicas_images_and_patches(tmp_path: Path) -> None:
-    _write(tmp_path, {**BASE_FILES, "overlay/kustomization.yaml": """\
-namespace: team
-resources: [../base]
-labels: [{pairs: {tier: web}, includeTemplates: true}]
-replicas: [{name: app, count: 5}]
-images:
-  - {name: oncotwin/app, newName: registry/app, newTag: "2.0"}
-  - {name: reg.io/tool, digest: "sha256:def"}
-patches:
-  - path: env.yaml
-  - target: {kind: Deploy.*, name: app}
-    patch: |-
-      - {op: replace, path: /spec/template/spec/containers/0/args/1, value: z}
-      - {op: add, path: /metadata/annotations, value: {note: yes}}
-""", "overlay/env.yaml": """\
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: app}
-spec:
-  template:
-    spec:
-      containers:
-        - name: app
-          env: [{name: B, value: "3"}, {name: C, value: "4"}]
-"""})
-    namespace, app = kustomize.build(tmp_path / "overlay")
-    assert namespace["metadata"] == {"name": "shared", "labels": {"tier": "web"}}  # cluster-scoped: no namespace
-    assert app["metadata"] == {"name": "app", "namespace": "team", "labels": {"a": "b", "tier": "web"},
-                               "annotations": {"note": True}}
-    assert app["spec"]["replicas"] == 5
-    pod = app["spec"]["template"]
-    assert pod["metadata"]["labels"] == {"a": "b", "tier": "web"}
-    assert pod["spec"]["containers"][0]["image"] == "registry/app:2.0"
-    assert pod["spec"]["initContainers"][0]["image"] == "reg.io/tool@sha256:def"
-    assert pod["spec"]["containers"][0]["env"] == [
-        {"name": "A", "value": "1"}, {"name": "B", "value": "3"}, {"name": "C", "value": "4"}
-    ]
-    assert pod["spec"]["containers"][0]["args"] == ["x", "z"]
-
-
-@pytest.mark.parametrize(("kustomization", "message"), [
-    ("resources: [../base]\ncommonLabels: {a: b}\n", "unsupported kustomization field"),
-    ("resources: [../base]\nlabels: [{pairs: {a: b}, includeSelectors: true}]\n", "labels supports only"),
-    ("resources: [../base]\npatches: [{target: {kind: Service}, patch: '[{op: remove, path: /x}]'}]\n",
-     "matches no resource"),
-    ("resources: [../base, ../base/app.yaml]\n", "defined twice"),
-])
-def test_renderer_refuses_what_it_would_render_differently(tmp_path: Path, kustomization: str, message: str) -> None:
-    _write(tmp_path, {**BASE_FILES, "overlay/kustomization.yaml": kustomization})
-    with pytest.raises(kustomize.KustomizeError, match=message):
-        kustomize.build(tmp_path / "overlay")

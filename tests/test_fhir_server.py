@@ -8,6 +8,8 @@ paging, retries, timeouts and the token-leak guard are exercised over real socke
 from __future__ import annotations
 
 import copy
+import datetime
+import email.utils
 import threading
 import uuid
 from collections.abc import Iterator
@@ -369,6 +371,16 @@ def test_retry_after_is_honoured(fhir: FakeFhir, client: FhirServerClient, sleep
     fhir.failures = [(429, {"Retry-After": "7"})]
     client.patient_resources(PATIENT)
     assert sleeps == [7.0]
+
+
+def test_retry_after_as_an_http_date_is_honoured(
+    fhir: FakeFhir, client: FhirServerClient, sleeps: list[float]
+) -> None:
+    when = email.utils.format_datetime(datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30),
+                                       usegmt=True)
+    fhir.failures = [(503, {"Retry-After": when})]
+    client.patient_resources(PATIENT)
+    assert len(sleeps) == 1 and 25 < sleeps[0] <= 30
 
 
 def test_retry_after_longer_than_we_wait_gives_up(

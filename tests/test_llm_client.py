@@ -12,6 +12,8 @@ injected clock, and a "hanging" endpoint waits on an Event the test sets when it
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import io
 import json
 import random
@@ -278,6 +280,16 @@ def test_retries_are_bounded_and_capped(fake: Scripted) -> None:
         client.chat(ASK)
     assert len(fake.requests) == 3 and len(sleeps.delays) == 2
     assert all(d <= 4.0 for d in sleeps.delays)  # a huge Retry-After is capped
+
+
+def test_retry_after_as_an_http_date_raises_the_floor(fake: Scripted) -> None:
+    when = email.utils.format_datetime(datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30),
+                                       usegmt=True)
+    fake.script(status(503, {"Retry-After": when}), chat(verdict("satisfied")))
+    sleeps = Sleeps()
+    client = client_for(fake, max_retries=1, sleep=sleeps, backoff_max_s=4.0)
+    assert client.chat_json(ASK, VERDICT_SCHEMA)["verdict"] == "satisfied"
+    assert sleeps.delays == [4.0]  # the date asks for ~30 s: capped, not ignored
 
 
 @pytest.mark.parametrize("code", [400, 404, 422])

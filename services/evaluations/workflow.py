@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import OrderedDict
+import threading
 from collections.abc import Callable
 from typing import Any
+
+from cachetools import LRUCache
 
 from graph import open_store
 from graph.queries import PathwayQueries
@@ -31,8 +33,10 @@ from shared.fhir.record import PatientRecord
 from shared.fhir.server import FhirServerClient
 
 log = logging.getLogger(__name__)
-_RECORDS: OrderedDict[str, PatientRecord] = OrderedDict()  # per process: a worker often runs both steps
 _RECORDS_MAX = 8
+# per process: a worker often runs both steps; threads of a worker share it, hence the lock
+_RECORDS: LRUCache[str, PatientRecord] = LRUCache(maxsize=_RECORDS_MAX)
+_RECORDS_LOCK = threading.Lock()
 
 
 class Steps:
@@ -83,9 +87,10 @@ class Steps:
             return False
 
     def _record(self, evaluation_id: str) -> PatientRecord | None:
-        if evaluation_id in _RECORDS:
-            _RECORDS.move_to_end(evaluation_id)
-            return _RECORDS[evaluation_id] if self.store.is_open(evaluation_id) else None
+        with _RECORDS_LOCK:
+            cached = _RECORDS.get(evaluation_id)  # a hit makes it the most recently used
+        if cached is not None:
+            return cached if self.store.is_open(evaluation_id) else None
         stored = self.store.input(evaluation_id)
         if stored is None:
             return None
@@ -97,7 +102,6 @@ class Steps:
             body = json.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries}).encode()
             self.store.snapshot(evaluation_id, body)
         record = load_bundle(body, strict=stored.strict).record(stored.patient)
-        _RECORDS[evaluation_id] = record
-        while len(_RECORDS) > _RECORDS_MAX:
-            _RECORDS.popitem(last=False)
+        with _RECORDS_LOCK:
+            _RECORDS[evaluation_id] = record  # past _RECORDS_MAX the least recently used goes
         return record

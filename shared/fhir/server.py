@@ -8,7 +8,7 @@ safe with what it talks to:
 * it never lets a server steer our bearer token elsewhere (``next`` links must stay on the origin
   of ``base_url`` and redirects are not followed);
 * it retries only what is safe and transient (idempotent GETs on connection errors, 429, 502-504)
-  with exponential backoff plus jitter, honouring ``Retry-After``;
+  with exponential backoff plus jitter, honouring ``Retry-After`` (urllib3's ``Retry``, shared/http_retry.py);
 * it refuses to return a silently truncated record (running past ``max_pages`` is an error), because
   a clinical summary built on half a medication list is worse than none;
 * its exceptions and logs carry no URLs, response bodies, tokens or patient data (request URLs
@@ -18,12 +18,9 @@ safe with what it talks to:
 from __future__ import annotations
 
 import logging
-import random
 import re
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
@@ -31,6 +28,7 @@ import orjson
 import requests
 
 from shared.errors import InvalidInput, NotFound, UpstreamError
+from shared.http_retry import RetryPolicy, session_with_retries
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -75,22 +73,6 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return (scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme))
 
 
-def _retry_after_s(value: str | None) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or HTTP-date); None if absent/bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
 class FhirServerClient:
     """A read-only FHIR R4 REST client for pulling patient data.
 
@@ -124,11 +106,21 @@ class FhirServerClient:
         self.backoff_s = backoff_s
         self.max_retry_after_s = max_retry_after_s
         self.skipped_types: list[str] = []
-        self._sleep = sleep
         self._origin = _origin(self.base_url)
         self._owns_session = session is None
-        # A Session keeps connections alive across the dozens of page requests of one pull.
-        self._session = session if session is not None else requests.Session()
+        # A Session keeps connections alive across the dozens of page requests of one pull; the retry
+        # policy is mounted on it (an injected session gets it mounted too).
+        policy = RetryPolicy(
+            max_retries,
+            status_forcelist=_RETRY_STATUSES,
+            allowed_methods=frozenset({"GET"}),
+            backoff_base_s=backoff_s,
+            max_retry_after_s=max_retry_after_s,
+            give_up_on_long_retry_after=True,
+            sleep_fn=sleep,
+            label="FHIR GET",
+        )
+        self._session = session_with_retries(policy, session)
         # Headers go on each request, not on the session, so an injected session is left untouched.
         self._headers = {"Accept": "application/fhir+json"}
         if token:
@@ -278,46 +270,20 @@ class FhirServerClient:
     # -- HTTP ------------------------------------------------------------------------------------
 
     def _get(self, url: str, params: Mapping[str, str] | None = None) -> requests.Response:
-        """One GET with retries on transient failures; the final response is returned as is."""
-        attempt = 0
-        while True:
-            try:
-                response = self._session.get(
-                    url,
-                    params=params,
-                    headers=self._headers,
-                    timeout=self.timeout_s,
-                    allow_redirects=False,  # a redirect could carry our token to another server
-                )
-            except _TRANSIENT_ERRORS:
-                if attempt >= self.max_retries:
-                    raise UpstreamError("FHIR server did not answer in time", status=504) from None
-                delay = self._backoff(attempt)
-                reason = "no answer"
-            except requests.RequestException:
-                raise UpstreamError("FHIR request failed") from None
-            else:
-                if response.status_code not in _RETRY_STATUSES or attempt >= self.max_retries:
-                    return response
-                delay = self._backoff(attempt)
-                retry_after = _retry_after_s(response.headers.get("Retry-After"))
-                if retry_after is not None:
-                    if retry_after > self.max_retry_after_s:
-                        return response  # it asked for longer than we are willing to hold a request
-                    delay = max(delay, retry_after)
-                reason = f"HTTP {response.status_code}"
-                response.close()
-            attempt += 1
-            logger.warning("FHIR GET failed (%s); retry %d of %d in %.2f s", reason, attempt, self.max_retries, delay)
-            self._sleep(delay)
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential delay with up to +50% jitter, so retries of many clients do not align.
-
-        The jitter never exceeds the doubling, so successive delays always grow.
-        """
-        base = self.backoff_s * (2**attempt)
-        return base + random.uniform(0, base / 2)  # noqa: S311 - timing jitter, not cryptography
+        """One GET; the session's retry policy (shared/http_retry.py) retries transient failures and
+        the final response is returned as is."""
+        try:
+            return self._session.get(
+                url,
+                params=params,
+                headers=self._headers,
+                timeout=self.timeout_s,
+                allow_redirects=False,  # a redirect could carry our token to another server
+            )
+        except _TRANSIENT_ERRORS:
+            raise UpstreamError("FHIR server did not answer in time", status=504) from None
+        except requests.RequestException:
+            raise UpstreamError("FHIR request failed") from None
 
     @staticmethod
     def _raise_for_status(response: requests.Response) -> None:
