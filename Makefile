@@ -12,8 +12,16 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-install: $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e .
+# A stamp: `make run` reinstalls only when pyproject.toml changed (or the venv is new); quiet output.
+INSTALLED := $(VENV)/.installed
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml | $(VENV)/bin/python
+	@echo "Installing OncoTwin into $(VENV) (first run or pyproject.toml changed)..."
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e . >$(VENV)/install.log 2>&1 \
+	  || { cat $(VENV)/install.log; exit 1; }
+	@touch $@
 
 install-dev: $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -21,7 +29,7 @@ install-dev: $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e 'services/llm[torch,serve,test]'
 
 run: install
-	$(VENV)/bin/oncotwin up --port $(PORT)
+	@$(VENV)/bin/oncotwin up --port $(PORT)
 
 test: install-dev browser
 	$(PY) -m pytest

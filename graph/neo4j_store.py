@@ -30,7 +30,6 @@ Why it is built this way:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -54,7 +53,6 @@ from graph.model import (
     Timing,
 )
 from graph.store import MAX_ROUTE_EDGES, UnknownPathway, route_order
-from shared.config import ConfigError
 from shared.fhir.record import Code
 
 _R = TypeVar("_R")
@@ -548,24 +546,3 @@ class Neo4jPathwayStore:
         """Close the driver if this store opened it (``connect``); a driver handed in is the caller's."""
         if self._owns_driver:
             self._driver.close()
-
-
-def neo4j_store_from_env(
-    environ: Mapping[str, str] | None = None, *, namespace: str = "default"
-) -> Neo4jPathwayStore | None:
-    """A connected store when ``NEO4J_URI`` is set (with ``NEO4J_PASSWORD``, optional ``NEO4J_USER``
-    and ``NEO4J_DATABASE``), else None: the hook for running the contract suite on a real server."""
-    env = os.environ if environ is None else environ
-    uri = (env.get("NEO4J_URI") or "").strip()
-    if not uri:
-        return None
-    password = env.get("NEO4J_PASSWORD")
-    if not password:
-        raise ConfigError("NEO4J_PASSWORD must be set when NEO4J_URI is set")
-    return Neo4jPathwayStore.connect(
-        uri,
-        env.get("NEO4J_USER") or "neo4j",
-        password,
-        database=env.get("NEO4J_DATABASE") or "neo4j",
-        namespace=namespace,
-    )

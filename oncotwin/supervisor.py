@@ -26,10 +26,12 @@ from shared.celery_app import QUEUES
 log = logging.getLogger(__name__)
 
 
-def worker_command(concurrency: int) -> list[str]:
+def worker_command(concurrency: int, loglevel: str = "WARNING") -> list[str]:
+    """Quiet by default (no banner, warnings only): ``oncotwin up``'s own banner is what a first run
+    must see last."""
     return [
-        sys.executable, "-m", "celery", "-A", "shared.celery_app:celery_app", "worker",
-        "-Q", ",".join(QUEUES), "--concurrency", str(concurrency), "--loglevel", "INFO",
+        sys.executable, "-m", "celery", "-A", "shared.celery_app:celery_app", "--quiet", "worker",
+        "-Q", ",".join(QUEUES), "--concurrency", str(concurrency), "--loglevel", loglevel,
         "--hostname", "embedded@%h",
     ]  # fmt: skip
 
@@ -67,8 +69,13 @@ class WorkerSupervisor:
             self._stopping.wait(backoff)
             backoff = min(backoff * 2, self._max_backoff_s)
 
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """Warm shutdown (SIGTERM lets running tasks finish), then SIGKILL after ``timeout_s``."""
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Warm shutdown, then SIGKILL to the whole group after ``timeout_s`` (a task cut short is
+        redelivered: late acks, idempotent writers).
+
+        SIGTERM goes to the worker's main process only: the main process stops its pool children
+        itself; a SIGTERM to the group would kill them under it (an ERROR line per child) and can
+        leave the main process waiting on them until the SIGKILL."""
         if os.getpid() != self._owner:
             return
         self._stopping.set()
@@ -76,11 +83,12 @@ class WorkerSupervisor:
             process = self._process
         if process is None or process.poll() is not None:
             return
-        os.killpg(process.pid, signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            log.warning("task worker still running %.0f s after SIGTERM; killing it", timeout_s)
+            _kill_group(process.pid)
             process.wait()
 
 
@@ -95,12 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The supervisor process: runs until SIGTERM or SIGINT, then stops the worker warm."""
     parser = argparse.ArgumentParser(prog="python -m oncotwin.supervisor")
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--loglevel", default="WARNING", help="the Celery worker's log level")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     done = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: done.set())
-    supervisor = WorkerSupervisor(worker_command(args.concurrency))
+    supervisor = WorkerSupervisor(worker_command(args.concurrency, args.loglevel))
     supervisor.start()
     done.wait()
     supervisor.stop()
@@ -113,10 +122,13 @@ def start_process(concurrency: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command)  # noqa: S603 - our own interpreter and module
 
 
-def stop_process(process: subprocess.Popen[bytes], owner: int, timeout_s: float = 30.0) -> None:
+def stop_process(process: subprocess.Popen[bytes], owner: int, timeout_s: float = 15.0) -> None:
     """SIGTERM (the supervisor stops its worker warm), SIGKILL after ``timeout_s``; only from ``owner``
     (a gunicorn web worker forked from the master inherits this object and must leave it alone)."""
-    if os.getpid() != owner or process.poll() is not None:
+    if os.getpid() != owner:
+        process.returncode = 0  # a forked copy: not this process's child; its Popen.__del__ must not warn
+        return
+    if process.poll() is not None:
         return
     process.terminate()
     try:

@@ -182,6 +182,15 @@ class Settings:
     audit_stall_s: int = 600  # an audit with no progress for this long is resumed by a worker
     # Batch necessity audits: paths an HTTP caller may name must lie under this folder; None: no paths over HTTP.
     audit_input_root: Path | None = None
+    # LLM jury (OpenAI-compatible endpoint, e.g. vLLM); llm_base_url None: no LLM, free text goes to review.
+    llm_base_url: str | None = None
+    llm_model: str = "oncotwin-judge"
+    llm_api_key: str | None = None
+    llm_timeout_s: float = 20.0  # per attempt
+    llm_max_retries: int = 2  # after the first attempt
+    llm_dsbd: bool = False  # jury votes from the W beams of one DSBD call
+    llm_breaker_failures: int = 5  # the circuit opens after this many failed calls
+    llm_breaker_cooldown_s: float = 30.0  # then one trial call after this long
     # What one request may ask for; validated with the rest at start-up.
     limits: Limits = field(default_factory=Limits)
 
@@ -242,6 +251,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         **_cds(env),
         **_dashboard(env),
         **_coordination(env),
+        **_llm(env),
     )
 
 
@@ -418,4 +428,34 @@ def _dashboard(env: Mapping[str, str]) -> _DashboardFields:
         "smart_redirect_uri": redirect,
         "smart_allowed_issuers": issuers,
         "smart_scopes": (env.get("SMART_SCOPES") or "").strip() or "launch openid fhirUser patient/*.read",
+    }
+
+
+# --- LLM jury ------------------------------------------------------------------------------------
+
+
+class _LlmFields(TypedDict):
+    llm_base_url: str | None
+    llm_model: str
+    llm_api_key: str | None
+    llm_timeout_s: float
+    llm_max_retries: int
+    llm_dsbd: bool
+    llm_breaker_failures: int
+    llm_breaker_cooldown_s: float
+
+
+def _llm(env: Mapping[str, str]) -> _LlmFields:
+    base = (env.get("LLM_BASE_URL") or "").strip().rstrip("/") or None
+    if base and not base.startswith(("http://", "https://")):
+        raise ConfigError(f"LLM_BASE_URL must be an http(s) URL, got {base!r}")
+    return {
+        "llm_base_url": base,
+        "llm_model": (env.get("LLM_MODEL") or "").strip() or "oncotwin-judge",
+        "llm_api_key": env.get("LLM_API_KEY") or None,
+        "llm_timeout_s": _float(env, "LLM_TIMEOUT_SECONDS", 20.0),
+        "llm_max_retries": _int(env, "LLM_MAX_RETRIES", 2, minimum=0),
+        "llm_dsbd": _bool(env, "LLM_DSBD", False),
+        "llm_breaker_failures": _int(env, "LLM_BREAKER_FAILURES", 5),
+        "llm_breaker_cooldown_s": _float(env, "LLM_BREAKER_COOLDOWN_SECONDS", 30.0),
     }

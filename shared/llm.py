@@ -16,12 +16,12 @@ data can make. What it guarantees:
   failed; twins turn it into ``needs-review``. Other ``UpstreamError``s mean the endpoint answered
   but not usefully (4xx, no JSON).
 
-Settings: ``LLM_BASE_URL`` (unset: no LLM), ``LLM_MODEL``, ``LLM_API_KEY``, ``LLM_TIMEOUT_SECONDS``,
-``LLM_MAX_RETRIES``, ``LLM_DSBD`` (true: jury votes from the DSBD route's W beams),
-``LLM_BREAKER_FAILURES``, ``LLM_BREAKER_COOLDOWN_SECONDS``.
+Settings (fields of ``shared.config.Settings``, validated at start): ``LLM_BASE_URL`` (unset: no LLM),
+``LLM_MODEL``, ``LLM_API_KEY``, ``LLM_TIMEOUT_SECONDS``, ``LLM_MAX_RETRIES``, ``LLM_DSBD`` (true: jury
+votes from the DSBD route's W beams), ``LLM_BREAKER_FAILURES``, ``LLM_BREAKER_COOLDOWN_SECONDS``.
 
 A client built directly (``LLMClient(url, model)``) makes one attempt per call and has its own
-breaker; ``from_env`` shares one breaker per base URL across the clients of a process, because
+breaker; ``from_settings`` shares one breaker per base URL across the clients of a process, because
 some callers build a client per request.
 """
 
@@ -37,7 +37,8 @@ from typing import Any
 
 import requests
 
-from shared.errors import ConfigError, UpstreamError
+from shared.config import Settings, load_settings
+from shared.errors import UpstreamError
 from shared.http_retry import RetryPolicy, session_with_retries, timed_out
 
 DSBD_ROUTE = "/plugins/dsbd/v1/completions"
@@ -146,41 +147,6 @@ class Beams:
     model: str | None
 
 
-def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not value > 0:
-        raise ConfigError(f"{name} must be > 0, got {value}")
-    return value
-
-
-def _env_bool(env: Mapping[str, str], name: str) -> bool:
-    raw = (env.get(name) or "").strip().lower()
-    if raw in {"", "0", "false", "no", "off"}:
-        return False
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
-
-
 def _schema_format(schema: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": "answer", "schema": dict(schema)}}
 
@@ -191,7 +157,7 @@ class LLMClient:
     model: str
     api_key: str | None = None
     timeout_s: float = 20.0
-    max_retries: int = 0  # retries after the first attempt; from_env: LLM_MAX_RETRIES (default 2)
+    max_retries: int = 0  # retries after the first attempt; from_settings: LLM_MAX_RETRIES (default 2)
     use_dsbd: bool = False  # jury votes from one DSBD call's W beams
     backoff_base_s: float = 0.5
     backoff_max_s: float = 8.0
@@ -200,23 +166,25 @@ class LLMClient:
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> LLMClient | None:
-        base = (env.get("LLM_BASE_URL") or "").strip().rstrip("/")
+    def from_settings(cls, settings: Settings) -> LLMClient | None:
+        """The configured client (``LLM_*``, validated by ``load_settings``), or None without ``LLM_BASE_URL``."""
+        base = settings.llm_base_url
         if not base:
             return None
-        if not base.startswith(("http://", "https://")):
-            raise ConfigError(f"LLM_BASE_URL must be an http(s) URL, got {base!r}")
-        threshold = _env_int(env, "LLM_BREAKER_FAILURES", 5, 1)
-        cooldown = _env_float(env, "LLM_BREAKER_COOLDOWN_SECONDS", 30.0)
         return cls(
             base,
-            env.get("LLM_MODEL") or "oncotwin-judge",
-            env.get("LLM_API_KEY") or None,
-            _env_float(env, "LLM_TIMEOUT_SECONDS", 20.0),
-            max_retries=_env_int(env, "LLM_MAX_RETRIES", 2, 0),
-            use_dsbd=_env_bool(env, "LLM_DSBD"),
-            breaker=shared_breaker(base, threshold, cooldown),
+            settings.llm_model,
+            settings.llm_api_key,
+            settings.llm_timeout_s,
+            max_retries=settings.llm_max_retries,
+            use_dsbd=settings.llm_dsbd,
+            breaker=shared_breaker(base, settings.llm_breaker_failures, settings.llm_breaker_cooldown_s),
         )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> LLMClient | None:
+        """``from_settings(load_settings(env))``: for callers without a Settings at hand (the CLI)."""
+        return cls.from_settings(load_settings(env))
 
     # -- transport ----------------------------------------------------------------------------
     def retry_policy(self) -> RetryPolicy:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from cachetools import TLRUCache
 
 from shared.config import Settings
 from shared.errors import UpstreamError
@@ -37,46 +38,46 @@ class TtlStore(Protocol):
 
 
 class MemoryTtlStore:
-    """One process's memory, bounded: past ``max_entries`` the oldest entries go first."""
+    """One process's memory, bounded: past ``max_entries`` the least recently used entries go first.
+
+    A ``cachetools.TLRUCache`` (each entry expires at its own put time + ``ttl_s``) behind a lock:
+    sessions and launch states are read and written from request threads.
+    """
 
     def __init__(self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
-        self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._entries: TLRUCache[str, tuple[float, str]] = TLRUCache(max_entries, _expires_at, timer=clock)
         self._lock = threading.Lock()
         self._max = max_entries
-        self._clock = clock
 
     def put(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
         with self._lock:
-            self._entries[key] = (self._clock() + ttl_s, json.dumps(value))
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+            self._entries[key] = (ttl_s, json.dumps(value))  # ttl_s <= 0: not stored (already gone)
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
-            return self._live(key, remove=False)
+            self._entries.expire()
+            entry = self._entries.get(key)
+        return None if entry is None else _loads(entry[1])
 
     def take(self, key: str) -> dict[str, Any] | None:
         with self._lock:
-            return self._live(key, remove=True)
+            self._entries.expire()
+            entry = self._entries.pop(key, None)
+        return None if entry is None else _loads(entry[1])
 
     def delete(self, key: str) -> None:
         with self._lock:
             self._entries.pop(key, None)
 
-    def _live(self, key: str, *, remove: bool) -> dict[str, Any] | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if entry[0] <= self._clock() or remove:
-            del self._entries[key]
-        if entry[0] <= self._clock():
-            return None
-        value: dict[str, Any] = json.loads(entry[1])
-        return value
-
     def __len__(self) -> int:
-        return len(self._entries)
+        """Live entries (expired ones are dropped first)."""
+        with self._lock:
+            self._entries.expire()
+            return len(self._entries)
+
+
+def _expires_at(_key: str, entry: tuple[float, str], now: float) -> float:
+    return now + entry[0]
 
 
 class RedisTtlStore:

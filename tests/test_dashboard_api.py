@@ -651,8 +651,8 @@ def test_judge_is_built_once(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Non
     from services.dashboard.app import _judge
 
     built = []
-    original = necessity_app.judge_from_env
-    monkeypatch.setattr(necessity_app, "judge_from_env", lambda env: built.append(1) or original(env))
+    original = necessity_app.judge_from_settings
+    monkeypatch.setattr(necessity_app, "judge_from_settings", lambda s: built.append(1) or original(s))
     app.extensions.pop(necessity_app.JUDGE, None)
     with app.app_context():
         assert _judge() is _judge() is _judge()

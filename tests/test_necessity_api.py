@@ -303,13 +303,13 @@ def test_access_log(client, nec, caplog):
     assert "osimertinib" not in "".join(r.getMessage() for r in caplog.records if r.name == "oncotwin.access")
 
 
-def test_judge_is_built_once_per_app_from_the_environment(settings, monkeypatch):
+def test_judge_is_built_once_per_app_from_its_settings(settings):
+    from dataclasses import replace
+
     from services.medical_necessity.app import JUDGE, create_app
     from services.medical_necessity.judge import LLMJury, NoJudge
 
-    monkeypatch.delenv("LLM_BASE_URL", raising=False)
-    assert isinstance(create_app(settings).extensions[JUDGE], NoJudge)
-    monkeypatch.setenv("LLM_BASE_URL", "http://127.0.0.1:9/")
-    app = create_app(settings)
+    assert isinstance(create_app(replace(settings, llm_base_url=None)).extensions[JUDGE], NoJudge)
+    app = create_app(replace(settings, llm_base_url="http://127.0.0.1:9"))
     judge = app.extensions[JUDGE]
     assert isinstance(judge, LLMJury) and judge.client.base_url == "http://127.0.0.1:9"

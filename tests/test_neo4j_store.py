@@ -21,12 +21,13 @@ import pytest
 from neo4j import Driver, Query
 
 import graph.neo4j_store as n4
+from graph import open_store
 from graph.loader import load_pathways, pathway_from_dict
 from graph.model import WALKABLE, EdgeKind, Node, NodeKind, Pathway
-from graph.neo4j_store import Neo4jPathwayStore, neo4j_store_from_env
+from graph.neo4j_store import Neo4jPathwayStore
 from graph.networkx_store import NetworkXPathwayStore
 from graph.store import MAX_ROUTE_EDGES, PathwayStore, UnknownPathway
-from shared.config import ConfigError
+from shared.config import ConfigError, load_settings
 from shared.fhir.record import RXNORM, Code
 
 Props = dict[str, Any]
@@ -744,11 +745,11 @@ def test_a_driver_handed_in_stays_open_and_arguments_are_checked() -> None:
         _new(driver, timeout_s=0)
 
 
-def test_store_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert neo4j_store_from_env({}) is None
-    assert neo4j_store_from_env({"NEO4J_URI": "  "}) is None
+def test_store_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NEO4J_* are read by ``load_settings`` (validated there) and the store is opened by ``open_store``."""
+    assert load_settings({}).neo4j_uri is None and load_settings({"NEO4J_URI": "  "}).neo4j_uri is None
     with pytest.raises(ConfigError, match="NEO4J_PASSWORD"):
-        neo4j_store_from_env({"NEO4J_URI": "bolt://h:7687"})
+        load_settings({"NEO4J_URI": "bolt://h:7687"})
     seen: list[tuple[Any, ...]] = []
 
     def fake_connect(uri: str, user: str, password: str, **kwargs: Any) -> str:
@@ -757,9 +758,9 @@ def test_store_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(Neo4jPathwayStore, "connect", fake_connect)
     env = {"NEO4J_URI": "bolt://h:7687", "NEO4J_PASSWORD": "pw"}
-    assert neo4j_store_from_env(env, namespace="t1") == "store"
-    assert neo4j_store_from_env({**env, "NEO4J_USER": "me", "NEO4J_DATABASE": "db"}) == "store"
+    assert open_store(load_settings({**env, "NEO4J_NAMESPACE": "t1"})) == "store"
+    assert open_store(load_settings({**env, "NEO4J_USER": "me", "NEO4J_DATABASE": "db"})) == "store"
     assert seen == [
-        ("bolt://h:7687", "neo4j", "pw", {"database": "neo4j", "namespace": "t1"}),
-        ("bolt://h:7687", "me", "pw", {"database": "db", "namespace": "default"}),
+        ("bolt://h:7687", "neo4j", "pw", {"database": "neo4j", "namespace": "t1", "timeout_s": 10.0}),
+        ("bolt://h:7687", "me", "pw", {"database": "db", "namespace": "default", "timeout_s": 10.0}),
     ]

@@ -9,7 +9,6 @@ before the body is read. Discovery is open (it holds no patient data). Errors ar
 from __future__ import annotations
 
 import logging
-import os
 import traceback
 from datetime import date
 from typing import Any
@@ -137,7 +136,7 @@ def _necessity(hook: HookRequest, service: CdsService, data: HookData, link: dic
 def _judge() -> Judge:
     if not current_settings().cds_llm_judge:
         return NoJudge()
-    client = LLMClient.from_env(os.environ)
+    client = LLMClient.from_settings(current_settings())
     return LLMJury(client) if client is not None else NoJudge()
 
 

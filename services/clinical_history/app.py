@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
 from services.clinical_history.contract import NotesSummaryOut
@@ -24,7 +22,7 @@ blueprint = Blueprint("history", __name__, url_prefix="/history/v1")
 def _llm() -> LLMClient | None:
     """The app's LLM client (None when LLM_BASE_URL is unset), built once."""
     if "oncotwin.llm" not in current_app.extensions:
-        current_app.extensions["oncotwin.llm"] = LLMClient.from_env(os.environ)
+        current_app.extensions["oncotwin.llm"] = LLMClient.from_settings(settings())
     client: LLMClient | None = current_app.extensions["oncotwin.llm"]
     return client
 

@@ -10,7 +10,6 @@ in POST bodies (search).
 from __future__ import annotations
 
 import hmac
-import os
 import re
 import threading
 import time
@@ -79,6 +78,7 @@ OPEN_ENDPOINTS = {
     "dashboard.launch",
     "dashboard.callback",
     "dashboard.asset",
+    "dashboard.root",
 }
 EXT = "oncotwin.dashboard"
 NEXT_PAGE = re.compile(r"/dashboard/patients(?:/[A-Za-z0-9\-.]{1,67}(?:/pathways/[0-9]{1,3})?)?")
@@ -304,6 +304,14 @@ def home() -> BaseResponse:
     return redirect(url_for("dashboard.patients"), 303)
 
 
+@blueprint.get("", strict_slashes=True)
+@_open
+def root() -> BaseResponse:
+    """``/dashboard`` (no slash): Werkzeug's own slash redirect comes too late (after the token
+    check, a JSON 401), so the dashboard redirects it itself."""
+    return redirect(url_for("dashboard.home"), 308)
+
+
 def _page(template: str, **context: Any) -> Response:
     return make_response(render_template(template, csrf=_current().csrf, signout=True, **context))
 
@@ -371,11 +379,11 @@ def _load(pid: str) -> LoadedPatient:
 
 
 def _judge() -> Judge:
-    from services.medical_necessity.app import JUDGE, judge_from_env
+    from services.medical_necessity.app import JUDGE, judge_from_settings
 
     judge: Judge | None = current_app.extensions.get(JUDGE)
     if judge is None:
-        judge = current_app.extensions.setdefault(JUDGE, judge_from_env(os.environ))
+        judge = current_app.extensions.setdefault(JUDGE, judge_from_settings(settings()))
     return judge
 
 

@@ -15,11 +15,12 @@ import hashlib
 import json
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cachetools import LRUCache
 
 from shared.errors import NotFound
 from shared.fhir.ingest import IngestResult, ingest, load_resources
@@ -150,7 +151,7 @@ class FolderSource:
         self._cache_lock = threading.Lock()  # the cache of ingested inputs (held briefly)
         self._input_locks: dict[Path, threading.Lock] = {}  # one per input: ingesting one blocks no other
         self._entries: dict[str, PatientEntry] | None = None
-        self._loaded: OrderedDict[Path, LoadedInput] = OrderedDict()
+        self._loaded: LRUCache[Path, LoadedInput] = LRUCache(max(1, cache_inputs))
 
     def entries(self) -> dict[str, PatientEntry]:
         with self._lock:
@@ -185,10 +186,7 @@ class FolderSource:
 
     def _cached(self, input_path: Path) -> LoadedInput | None:
         with self._cache_lock:
-            cached = self._loaded.get(input_path)
-            if cached is not None:
-                self._loaded.move_to_end(input_path)
-            return cached
+            return self._loaded.get(input_path)
 
     def _load_input(self, input_path: Path) -> LoadedInput:
         cached = self._cached(input_path)
@@ -209,10 +207,9 @@ class FolderSource:
             result = ingest(raws, strict=False)
             loaded = LoadedInput(result, {k: r.resource for k, r in index.by_key.items()})
             loaded.notes = {n.source: n for rec in result.records for n in rec.notes}
-            with self._cache_lock:
-                self._loaded[input_path] = loaded
-                while len(self._loaded) > self.cache_inputs:
-                    self._loaded.popitem(last=False)
+            if self.cache_inputs >= 1:
+                with self._cache_lock:
+                    self._loaded[input_path] = loaded
             return loaded
 
 

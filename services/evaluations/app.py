@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -102,7 +101,7 @@ def create() -> Response:
     strict = flag("strict", settings().strict_ingest)
     evaluation_id = store.create(body, principal().subject, patient, strict, source)
     try:
-        tasks.start(evaluation_id, llm=bool(os.environ.get("LLM_BASE_URL")))
+        tasks.start(evaluation_id, llm=settings().llm_base_url is not None)
     except Exception:  # the broker is down: say so, and do not leave a queued evaluation behind
         log.exception("could not queue evaluation %s", evaluation_id)
         store.fail(evaluation_id, UpstreamError("task queue unavailable", 503).to_operation_outcome())

@@ -7,14 +7,13 @@ nothing depends on the result backend and a redelivered step cannot finish it tw
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from typing import Any
 
 from celery import chain, group
 
 from services.evaluations.workflow import Steps
-from services.medical_necessity.judge import judge_from_env
+from services.medical_necessity.judge import judge_from_settings
 from shared.celery_app import RETRIED, OncoTwinTask, celery_app
 from shared.config import load_settings
 from shared.errors import OncoTwinError, UpstreamError
@@ -22,7 +21,8 @@ from shared.errors import OncoTwinError, UpstreamError
 
 @cache
 def _steps() -> Steps:
-    return Steps(load_settings(), judge_from_env(os.environ))
+    settings = load_settings()
+    return Steps(settings, judge_from_settings(settings))
 
 
 class EvaluationTask(OncoTwinTask):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, cast
 
@@ -13,7 +12,7 @@ from graph.queries import PathwayQueries
 from services.guidance import necessity_bundle, parse_format
 from services.medical_necessity.audit_app import blueprint as audits
 from services.medical_necessity.engine import assess, orders_to_review
-from services.medical_necessity.judge import Judge, Judgement, judge_from_env
+from services.medical_necessity.judge import Judge, Judgement, judge_from_settings
 from services.medical_necessity.openapi import openapi_document
 from services.medical_necessity.passages import Passage
 from services.web import answer, pathway_queries, posted_record
@@ -30,7 +29,7 @@ ORDER_REF = re.compile(r"^(MedicationRequest|ServiceRequest)/[A-Za-z0-9\-.]{1,64
 
 @blueprint.record_once
 def _build_judge(state: BlueprintSetupState) -> None:
-    state.app.extensions.setdefault(JUDGE, judge_from_env(os.environ))  # once per app
+    state.app.extensions.setdefault(JUDGE, judge_from_settings(state.app.extensions["oncotwin.settings"]))  # once
 
 
 def parse_order(raw: str | None) -> str | None:

@@ -17,11 +17,11 @@ calls; a client without retries asks every vote once.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from services.medical_necessity.passages import Passage
+from shared.config import Settings
 from shared.errors import UpstreamError
 from shared.llm import LLMClient, LLMUnavailable
 
@@ -128,7 +128,7 @@ class LLMJury:
         return answers
 
 
-def judge_from_env(env: Mapping[str, str]) -> Judge:
+def judge_from_settings(settings: Settings) -> Judge:
     """An LLM jury when ``LLM_BASE_URL`` is set, else nobody (free-text criteria go to review)."""
-    client = LLMClient.from_env(env)
+    client = LLMClient.from_settings(settings)
     return LLMJury(client) if client is not None else NoJudge()

@@ -37,7 +37,7 @@ from kombu import Queue
 
 from services.medical_necessity.audit import store
 from services.medical_necessity.audit.run import Auditor, InputSpec, Work
-from services.medical_necessity.judge import judge_from_env
+from services.medical_necessity.judge import judge_from_settings
 from shared.celery_app import celery_app
 from shared.config import Settings, load_settings
 
@@ -52,7 +52,8 @@ STALL_CHECK_S = 60.0  # how often each necessity worker looks for stalled audits
 @cache
 def auditor() -> Auditor:
     """The worker process's auditor (settings from the environment, LLM jury only if configured)."""
-    return Auditor(load_settings(), judge_from_env(os.environ))
+    settings = load_settings()
+    return Auditor(settings, judge_from_settings(settings))
 
 
 def _final(task: Task) -> bool:

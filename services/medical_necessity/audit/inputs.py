@@ -20,12 +20,13 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
+
+from cachetools import LRUCache
 
 from services.medical_necessity.engine import orders_to_review
 from shared.config import Settings
@@ -231,7 +232,7 @@ class RecordCache:
 
     def __init__(self, capacity: int = 8) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[str, LoadedInput] = OrderedDict()
+        self._items: LRUCache[str, LoadedInput] = LRUCache(max(1, capacity))
         self._lock = threading.Lock()
         self.misses = 0
 
@@ -240,9 +241,8 @@ class RecordCache:
         with self._lock:
             loaded = self._items.get(token)
             if loaded is not None:
-                self._items.move_to_end(token)
                 return loaded
-        self.misses += 1
+            self.misses += 1
         loaded = LoadedInput(read_input(ref, settings))
         self._store(token, loaded)
         return loaded
@@ -252,8 +252,7 @@ class RecordCache:
         self._store(fingerprint(ref), LoadedInput(records))
 
     def _store(self, token: str, loaded: LoadedInput) -> None:
+        if self.capacity < 1:
+            return
         with self._lock:
             self._items[token] = loaded
-            self._items.move_to_end(token)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
