@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
 
-from graph.conditions import Condition, Leaf, Not
+from graph.conditions import Condition, leaves
 from shared.fhir.record import INGREDIENT, MARKER, RXNORM, Code
 from shared.terminology import terminology
 
@@ -123,15 +123,6 @@ def drug_ingredients(codes: tuple[Code, ...]) -> tuple[str, ...]:
     return (*named, *terminology().identify_drug([c for c in codes if c.system == RXNORM]).ingredients)
 
 
-def _markers(condition: Condition) -> list[str]:
-    """The markers a test's done_when reads: the test is an order for those markers."""
-    if isinstance(condition, Leaf):
-        return [condition.params["name"]] if condition.fact == "biomarker" else []
-    if isinstance(condition, Not):
-        return _markers(condition.item)
-    return [m for c in condition.items for m in _markers(c)]
-
-
 @dataclass(frozen=True, slots=True)
 class Node:
     id: str  # unique within a pathway version, prefixed by the pathway id ("nsclc.staging")
@@ -155,7 +146,8 @@ class Node:
         if self.activity == "drug":
             keys += [f"{INGREDIENT}|{name}" for name in drug_ingredients(self.codes)]
         if self.activity == "test" and self.done_when is not None:
-            keys += [f"{MARKER}|{name}" for name in _markers(self.done_when)]
+            # the markers its done_when reads: the test is an order for those markers
+            keys += [f"{MARKER}|{leaf.params['name']}" for leaf in leaves(self.done_when) if leaf.fact == "biomarker"]
         return tuple(dict.fromkeys(keys))
 
 

@@ -22,8 +22,18 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Literal
 
-from graph.conditions import AllOf, AnyOf, Condition, Leaf, Not, describe
-from graph.facts import SATISFIED, UNKNOWN, UNSATISFIED, Attribution, Evaluation, PatientFacts, Status, combine
+from graph.conditions import AllOf, AnyOf, Condition, Not, describe, leaves
+from graph.facts import (
+    SATISFIED,
+    UNKNOWN,
+    UNSATISFIED,
+    Attribution,
+    Evaluation,
+    PatientFacts,
+    Status,
+    combine,
+    deciding_leaves,
+)
 from graph.model import ORDERABLE, Edge, EdgeKind, Node, NodeKind, PathwayInfo, Source, StepKind, drug_ingredients
 from graph.store import PathwayStore, latest
 from shared.fhir.record import INGREDIENT, MARKER, RXNORM, CancerCondition, Order, PatientRecord
@@ -112,16 +122,8 @@ class Sequencing:
 
     @staticmethod
     def of(conditions: Iterable[Condition]) -> Sequencing:
-        leaves = [leaf for c in conditions for leaf in _leaves_of(c) if leaf.fact in {"therapy", "progressed_on"}]
-        return Sequencing(frozenset(d for leaf in leaves for d in leaf.get("drugs", ())))
-
-
-def _leaves_of(condition: Condition) -> list[Leaf]:
-    if isinstance(condition, Leaf):
-        return [condition]
-    if isinstance(condition, Not):
-        return _leaves_of(condition.item)
-    return [leaf for c in condition.items for leaf in _leaves_of(c)]
+        prior = [leaf for c in conditions for leaf in leaves(c) if leaf.fact in {"therapy", "progressed_on"}]
+        return Sequencing(frozenset(d for leaf in prior for d in leaf.get("drugs", ())))
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,18 +563,12 @@ class _Citations:
 def _evidence_text(evaluation: Evaluation | None, limit: int = 3) -> str:
     if evaluation is None:
         return ""
-    found = [e for leaf in _all_leaves(evaluation) for e in leaf.evidence]
+    found = [e for leaf in deciding_leaves(evaluation) for e in leaf.evidence]
     shown = [
         f"{e.fact}{': ' + e.value if e.value else ''} ({e.source}{', ' + e.date if e.date else ''})"
         for e in found[-limit:]
     ]
     return "; ".join(shown)
-
-
-def _all_leaves(evaluation: Evaluation) -> list[Evaluation]:
-    if evaluation.op == "leaf":
-        return [evaluation]
-    return [leaf for child in evaluation.children for leaf in _all_leaves(child)]
 
 
 def explain_location(store: PathwayStore, location: Location, next_steps: Iterable[NextStep] = ()) -> str:

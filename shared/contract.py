@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
 
 from shared.errors import InvalidInput, Problem
+from shared.fhir.record import IngestIssue
 
 T = TypeVar("T")
 
@@ -29,8 +30,7 @@ class IssueOut(Contract):
     message: str
 
     @classmethod
-    def of(cls, issue: Any) -> IssueOut:
-        """From a ``shared.fhir.record.IngestIssue``."""
+    def of(cls, issue: IngestIssue) -> IssueOut:
         return cls(
             severity=issue.severity,
             resource_type=issue.resource_type,

@@ -53,11 +53,16 @@ _CATEGORY = {
     "m": re.compile(_PREFIX + r"M(?P<cat>X|0|1[a-d]?)(?P<mod>\s*\([^)]*\))?", re.I),
 }
 _PREFIX_ONLY = re.compile(r"\s*(?P<prefix>[cpyra]{1,3})?\s*[TNM]", re.I)
-_NOISE = re.compile(
-    r"american joint committee on cancer|\bajcc\b|\(qualifier value\)|\(tumor staging\)|\(finding\)", re.I
+# Wording around an AJCC value in SNOMED CT displays and free text.
+AJCC_WORDING = re.compile(
+    r"american joint committee on cancer|\bajcc\b|\(qualifier value\)|\(tumor staging\)|\(finding\)"
+    r"|\b8th edition\b|\bstage group(?:ing)?\b",
+    re.I,
 )
+_ROMAN = {"0": "0", "1": "I", "2": "II", "3": "III", "4": "IV"}
+_STAGE = re.compile(r"^(?:stage)?([0-4]|0is|IV|III|II|I)([A-C]\d?)?$", re.IGNORECASE)
+_STAGE_IN_TEXT = re.compile(r"\bstage\s*:?\s*((?:[0-4]|0is|IV|III|II|I)(?:[A-C]\d?)?)(?![A-Za-z0-9])", re.IGNORECASE)
 _GROUP = re.compile(r"(?P<roman>0|IV|I{1,3})(?:(?P<letter>[A-C])(?P<digit>[1-3])?)?")
-_GROUP_TEXT = re.compile(r"(?:stage\s+)?(?P<group>(?:0|IV|I{1,3})(?:[A-C][1-3]?)?)", re.I)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +121,7 @@ def normalise_category(value: str | None, part: str) -> str | None:
         raise ValueError(f"part must be one of t, n, m, not {part!r}")
     if value is None:
         return None
-    text = _NOISE.sub(" ", str(value)).strip()
+    text = AJCC_WORDING.sub(" ", str(value)).strip()
     if not text:
         return None
     found = _CATEGORY[part].fullmatch(text)
@@ -136,25 +141,34 @@ def _canonical_suffix(cat: str) -> str:
     return low  # "is", "mi", "1a", "2b", "4d" ...
 
 
-def normalise_stage_group(value: str | None) -> str | None:
-    """``"American Joint Committee on Cancer stage IIIC (qualifier value)"`` / ``"Stage IIIC"`` -> ``"IIIC"``.
-
-    Only Roman-numeral AJCC groups 0..IVC (with an optional 1-3 suffix, e.g. IA2) are recognised.
-    """
-    if value is None:
+def normalise_stage(value: str | None) -> str | None:
+    """A stage group as written -> its AJCC form: '3C', 'Stage IIIC', 'AJCC stage IIIC (qualifier
+    value)', 'Stage IVB (M1b)' -> 'IIIC' / 'IVB'; 'limited'/'extensive' (SCLC) pass through; an
+    unreadable value -> None (the caller reports it)."""
+    if not value:
         return None
-    text = _NOISE.sub(" ", str(value)).strip()
-    found = _GROUP_TEXT.fullmatch(text)
-    if found is None:
+    text = AJCC_WORDING.sub(" ", value).strip()
+    lowered = text.lower()
+    if "extensive" in lowered:
+        return "extensive"
+    if "limited" in lowered:
+        return "limited"
+    match = _STAGE.match(re.sub(r"[\s\-]", "", text))
+    if not match:  # "Stage IVB (M1b)", "Clinical stage: IIIA": the group that follows the word stage
+        found = _STAGE_IN_TEXT.search(re.sub(r"\([^)]*\)", " ", text))
+        match = _STAGE.match(found.group(1)) if found else None
+    if not match:
         return None
-    return found.group("group").upper()
+    group = match.group(1).upper()
+    group = _ROMAN.get(group, group)
+    return group + (match.group(2) or "").upper()
 
 
 def _prefix(value: str | None) -> str:
     """The lower-case classification prefix of a raw category ("pT2" -> "p", "ypT2" -> "yp", "T2" -> "")."""
     if not value:
         return ""
-    text = _NOISE.sub(" ", str(value))
+    text = AJCC_WORDING.sub(" ", str(value))
     found = _PREFIX_ONLY.match(text)
     return (found.group("prefix") or "").lower() if found else ""
 
@@ -282,7 +296,7 @@ def load_staging_data(path: Path | str | None = None) -> StagingData:
     for code, text in _require_mapping(raw, "ajcc_values").items():
         if not (isinstance(code, str) and code.isdigit() and isinstance(text, str)):
             raise ValueError(f"staging data 'ajcc_values': bad entry {code!r}: {text!r}")
-        known = normalise_stage_group(text) or any(normalise_category(text, p) for p in PARTS)
+        known = normalise_stage(text) or any(normalise_category(text, p) for p in PARTS)
         if not known and text not in {"0a", "0is", "IE", "IIE", "IS", "II bulky", "IIID"}:
             raise ValueError(f"staging data 'ajcc_values': {code!r} has unrecognised AJCC text {text!r}")
         ajcc[code] = text

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,13 @@ class Servers:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    base = tmp_path_factory.mktemp("audit-celery")
+    with running_servers(tmp_path_factory.mktemp("audit-celery")) as started:
+        yield started
+
+
+@contextmanager
+def running_servers(base: Path) -> Iterator[Servers]:
+    """A private redis-server and a fresh PostgreSQL database, with the app configured for them."""
     redis = RedisServer().start()
     try:
         with postgres_database() as database_url:

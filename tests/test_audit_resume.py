@@ -20,16 +20,12 @@ from services.medical_necessity import tasks
 from services.medical_necessity.audit import store
 from services.medical_necessity.audit.run import Auditor
 from tests.celery_support import (
-    RedisServer,
-    postgres_database,
     replicate,
-    server_env,
     servers_available,
-    use_broker,
     wait_until,
 )
 from tests.conftest import requires_data, synthea
-from tests.test_audit_celery import Servers, assert_each_order_once, expected_orders
+from tests.test_audit_celery import Servers, assert_each_order_once, expected_orders, running_servers
 from tests.test_audit_engine import ORDER_BUNDLES
 
 pytestmark = [requires_data, pytest.mark.skipif(servers_available() is not None, reason=str(servers_available()))]
@@ -38,14 +34,8 @@ RESUMED_WITHIN_S = 60  # from the broker restart to the audit finished (the stal
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    base = tmp_path_factory.mktemp("audit-resume")
-    redis = RedisServer().start()
-    try:
-        with postgres_database() as database_url:
-            env = server_env(redis.url, database_url, base / "var")
-            yield Servers(redis, env, use_broker(env), base / "logs")
-    finally:
-        redis.stop()
+    with running_servers(tmp_path_factory.mktemp("audit-resume")) as started:
+        yield started
 
 
 def resumes(worker_log: str, audit_id: str) -> int:

@@ -375,8 +375,9 @@ def test_ingestion_reads_the_staging_codes_of_this_file() -> None:
     assert terms.observation_kind([Code(LOINC, "718-7")]) is None  # haemoglobin
     assert terms.ajcc_values["1229859000"] == "pT3"
     assert normalise_category(terms.ajcc_values["1229984001"], "n") == "N3"
-    assert staging.normalise_stage_group("American Joint Committee on Cancer stage IIIC (qualifier value)") == "IIIC"
-    assert staging.normalise_stage_group("Stage 2B") is None
+    assert staging.normalise_stage("American Joint Committee on Cancer stage IIIC (qualifier value)") == "IIIC"
+    assert staging.normalise_stage("Stage 2B") == "IIB"  # the one stage reader: ingestion's, Arabic numerals too
+    assert staging.normalise_stage("stage unknown") is None
     rai = terms.observation_kind([Code(NCIT, "C141392")])
     assert rai is not None and rai.params["system"] == "R-ISS"
     figo = terms.observation_kind([Code(SNOMED, "385361009")])

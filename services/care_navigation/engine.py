@@ -110,11 +110,7 @@ def _evidence(items: list[Evidence] | tuple[Evidence, ...]) -> list[EvidenceOut]
 
 
 def _leaves(evaluation: Evaluation | None) -> list[Evaluation]:
-    if evaluation is None:
-        return []
-    if evaluation.op == "leaf":
-        return [evaluation]
-    return [leaf for child in evaluation.children for leaf in _leaves(child)]
+    return deciding_leaves(evaluation) if evaluation is not None else []
 
 
 def _position(walked: WalkedNode) -> PositionOut:

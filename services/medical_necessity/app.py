@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import re
-from typing import Any, cast
+from typing import cast
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from flask.blueprints import BlueprintSetupState
 
-from graph.queries import PathwayQueries
 from services.guidance import necessity_bundle, parse_format
 from services.medical_necessity.audit_app import blueprint as audits
 from services.medical_necessity.engine import assess, orders_to_review
-from services.medical_necessity.judge import Judge, Judgement, judge_from_settings
+from services.medical_necessity.judge import Judge, judge_from_settings
 from services.medical_necessity.openapi import openapi_document
-from services.medical_necessity.passages import Passage
 from services.web import answer, pathway_queries, posted_record
 from shared.access_log import log_access
 from shared.config import Settings, limits
-from shared.errors import InvalidInput, Problem, UnprocessableInput, check_deadline
+from shared.errors import InvalidInput, Problem, UnprocessableInput
 from shared.http import make_app, principal, require
 
 blueprint = Blueprint("necessity", __name__, url_prefix="/necessity/v1")
@@ -41,32 +39,6 @@ def parse_order(raw: str | None) -> str | None:
             "query parameter order must be MedicationRequest/<id> or ServiceRequest/<id>", issue_code="value"
         )
     return raw
-
-
-class _DeadlineQueries:
-    """The app's pathway queries with a deadline check before each order's criteria are built (the
-    engine asks once per order), so a request past ``REQUEST_DEADLINE_SECONDS`` stops between orders."""
-
-    def __init__(self, inner: PathwayQueries) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def criteria_for(self, *args: Any, **kwargs: Any) -> Any:
-        check_deadline()
-        return self._inner.criteria_for(*args, **kwargs)
-
-
-class _DeadlineJudge:
-    """The judge with a deadline check before each call (an LLM jury call can take seconds)."""
-
-    def __init__(self, inner: Judge) -> None:
-        self._inner = inner
-
-    def __call__(self, criterion: str, passages: list[Passage]) -> Judgement:
-        check_deadline()
-        return self._inner(criterion, passages)
 
 
 def check_order_count(count: int) -> None:
@@ -97,8 +69,7 @@ def evaluate() -> Response:
     except UnprocessableInput:
         log_access(principal(), ACTION, record.id, "too-many-orders", g.request_id)
         raise
-    queries = cast(PathwayQueries, _DeadlineQueries(pathway_queries()))
-    necessity = assess(record, queries, orders, _DeadlineJudge(cast(Judge, current_app.extensions[JUDGE])))
+    necessity = assess(record, pathway_queries(), orders, cast(Judge, current_app.extensions[JUDGE]))
     log_access(principal(), ACTION, record.id, "ok", g.request_id)
     return answer(output, necessity, necessity_bundle)
 

@@ -37,7 +37,7 @@ from services.medical_necessity.judge import Judge, Judgement, NoJudge
 from services.medical_necessity.passages import Passage, PassageIndex, passages_of
 from services.medical_necessity.rules import rules, scopes
 from shared.contract import CodeOut, IssueOut
-from shared.errors import UnprocessableInput
+from shared.errors import UnprocessableInput, check_deadline
 from shared.fhir.record import Order, PatientRecord
 from shared.terminology import terminology
 
@@ -87,7 +87,10 @@ def assess(
     judge = judge or NoJudge()
     chosen = list(orders) if orders is not None else orders_to_review(record)
     texts = passages_of(record)
-    determinations = [_determine(record, queries, order, judge, texts) for order in chosen]
+    determinations = []
+    for order in chosen:
+        check_deadline()  # a safe point: a request past its deadline stops between orders
+        determinations.append(_determine(record, queries, order, judge, texts))
     return NecessityOut(
         patient=record.id,
         determinations=determinations,
@@ -243,6 +246,7 @@ class _Judging:
             if ev.status != UNKNOWN or not ev.text:
                 return ev
             if ev.label not in self.verdicts:
+                check_deadline()  # an LLM jury call can take seconds
                 found = self.texts.relevant(ev.text, until=self.until)
                 self.passages[ev.label] = found
                 self.verdicts[ev.label] = self.judge(ev.label, found)

@@ -28,7 +28,7 @@ from shared.fhir.codes import (
 from shared.fhir.context import Context
 from shared.fhir.html_text import html_to_text
 from shared.fhir.medications import identify, medication_start
-from shared.fhir.observations import ajcc_text, normalise_stage, read_observation
+from shared.fhir.observations import ajcc_text, read_observation
 from shared.fhir.record import (
     ICD10CM,
     ICDO3,
@@ -49,6 +49,7 @@ from shared.fhir.record import (
     ReportEvent,
     StageAssessment,
 )
+from shared.staging import normalise_stage
 
 MCODE = "/StructureDefinition/mcode-"
 ORDER_STATUSES = {"draft", "active", "on-hold"}

@@ -28,7 +28,13 @@ from shared.fhir.record import (
     PerformanceStatus,
     StageAssessment,
 )
-from shared.staging import gleason_from_grade_group, grade_group_from_gleason, normalise_category
+from shared.staging import (
+    AJCC_WORDING,
+    gleason_from_grade_group,
+    grade_group_from_gleason,
+    normalise_category,
+    normalise_stage,
+)
 from shared.terminology import ObservationKind
 
 NOT_RESULTS = {"entered-in-error", "cancelled"}  # never a fact (ingestion skips and counts them)
@@ -42,38 +48,8 @@ VALUE_FIELDS = (
     "valueRatio",
     "valueRange",
 )
-_ROMAN = {"0": "0", "1": "I", "2": "II", "3": "III", "4": "IV"}
-_STAGE = re.compile(r"^(?:stage)?([0-4]|0is|IV|III|II|I)([A-C]\d?)?$", re.IGNORECASE)
-_STAGE_IN_TEXT = re.compile(r"\bstage\s*:?\s*((?:[0-4]|0is|IV|III|II|I)(?:[A-C]\d?)?)(?![A-Za-z0-9])", re.IGNORECASE)
-# Wording around an AJCC value in SNOMED CT displays and free text.
-_AJCC_WORDS = re.compile(
-    r"american joint committee on cancer|\bajcc\b|\(qualifier value\)|\b8th edition\b|\bstage group(?:ing)?\b",
-    re.IGNORECASE,
-)
 _GLEASON_SUM = re.compile(r"(\d)\s*\+\s*(\d)(?:\s*=\s*(\d+))?")
 _GRADE_GROUP = re.compile(r"grade\s*group\s*([1-5])\b", re.IGNORECASE)
-
-
-def normalise_stage(value: str | None) -> str | None:
-    """'3C', 'Stage IIIC', 'AJCC stage IIIC (qualifier value)' -> 'IIIC'; 'limited'/'extensive'
-    pass through; an unreadable value -> None (the caller reports it)."""
-    if not value:
-        return None
-    text = _AJCC_WORDS.sub(" ", value).strip()
-    lowered = text.lower()
-    if "extensive" in lowered:
-        return "extensive"
-    if "limited" in lowered:
-        return "limited"
-    match = _STAGE.match(re.sub(r"[\s\-]", "", text))
-    if not match:  # "Stage IVB (M1b)", "Clinical stage: IIIA": the group that follows the word stage
-        found = _STAGE_IN_TEXT.search(re.sub(r"\([^)]*\)", " ", text))
-        match = _STAGE.match(found.group(1)) if found else None
-    if not match:
-        return None
-    group = match.group(1).upper()
-    group = _ROMAN.get(group, group)
-    return group + (match.group(2) or "").upper()
 
 
 def clean_category(value: str | None) -> str | None:
@@ -81,7 +57,7 @@ def clean_category(value: str | None) -> str | None:
     clinical or pathological); None when no T/N/M category can be read."""
     if not value:
         return None
-    text = _AJCC_WORDS.sub(" ", value).strip()
+    text = AJCC_WORDING.sub(" ", value).strip()
     match = re.search(r"\b((?:y|r|a)?[cp]?[TNM](?:is|X|x|[0-4])[a-d]?\d?(?:mi|\(sn\)|\(i[+-]\))?)", text)
     return match.group(1) if match else None
 
