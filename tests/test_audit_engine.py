@@ -420,15 +420,20 @@ def case_records() -> list[PatientRecord]:
     return records
 
 
-@pytest.fixture
-def determined(db_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Auditor, str]:
-    """An audit of one input holding the four constructed patients, run on the store under test."""
+def audit_of_the_cases(settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Auditor, str]:
+    """An audit of one input holding the four constructed patients, run on the given store."""
     (tmp_path / "cases.json").write_text("{}")
     monkeypatch.setattr(run, "read_input", lambda ref, settings: case_records())
-    auditor = Auditor(db_settings)
+    auditor = Auditor(settings)
     audit_id, work = auditor.start([tmp_path / "cases.json"], root=tmp_path)
     drain(auditor, audit_id, work)
     return auditor, audit_id
+
+
+@pytest.fixture
+def determined(db_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Auditor, str]:
+    """The audit of the cases on the store under test (SQLite and PostgreSQL)."""
+    return audit_of_the_cases(db_settings, monkeypatch, tmp_path)
 
 
 def test_a_row_of_each_determination_carries_what_a_reviewer_needs(determined: tuple[Auditor, str]) -> None:
@@ -516,17 +521,15 @@ def test_the_reports_carry_the_review_fields(determined: tuple[Auditor, str]) ->
 
 
 def test_the_html_filters_and_details_work_in_a_browser_under_the_report_policy(
-    determined: tuple[Auditor, str], db_settings: Settings
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from services.dashboard.testing import chromium, chromium_path
 
-    if db_settings.database.startswith("postgresql"):
-        pytest.skip("the page does not depend on the store (run once, on SQLite)")
     if chromium_path() is None:
         pytest.skip("chromium is not installed (make browser)")
     from playwright.sync_api import expect, sync_playwright
 
-    auditor, audit_id = determined
+    auditor, audit_id = audit_of_the_cases(settings, monkeypatch, tmp_path)  # the page does not depend on the store
     html = report_html(store.status(auditor.db, audit_id), store.rows(auditor.db, audit_id))
     headers = {"Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": HTML_CSP}
     with sync_playwright() as playwright, chromium(playwright) as browser:

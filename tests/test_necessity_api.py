@@ -144,7 +144,9 @@ def test_an_unidentified_drug_and_an_underivable_stage_are_issues_not_errors(cli
     assert ("order-2", "drug not identified from its codes or text") in issues
     assert any(i["id"] == "stage-1" and "could not be derived" in i["message"] for i in body["issues"])
     (d,) = body["determinations"]
-    assert d["determination"] != "meets"  # a drug no one can identify is never approved
+    # a drug no one can identify is never approved: the record does not say what was ordered
+    assert d["determination"] == "insufficient-documentation" and d["needsReview"] is True
+    assert d["deciding"] == ["the ordered drug is identified (RxNorm code or a known drug name)"]
 
 
 def test_meets_as_fhir(client, nec):
