@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8080
 
-.PHONY: run test bench bench-llm eval lint install install-dev clean browser
+.PHONY: run test bench bench-llm eval lint install install-dev clean browser vllm-venv
 
 LLM_MODELS ?= var/dsbd-models
 
@@ -31,8 +31,14 @@ install-dev: $(VENV)/bin/python
 run: install
 	@$(VENV)/bin/oncotwin up --port $(PORT)
 
-test: install-dev browser
-	$(PY) -m pytest
+# vLLM (PyPI's CPU build) in a venv of its own, with the dsbd plugin: built once (~2 min), then cached.
+VLLM_VENV ?= var/vllm-venv
+vllm-venv:
+	@services/llm/scripts/vllm_venv.sh $(VLLM_VENV)
+
+# ONCOTWIN_REQUIRE_VLLM: the real-vLLM tests fail (not skip) if the venv is missing.
+test: install-dev browser vllm-venv
+	ONCOTWIN_REQUIRE_VLLM=1 ONCOTWIN_VLLM_VENV=$(VLLM_VENV) $(PY) -m pytest
 
 bench: install-dev browser
 	$(PY) bench/timeline_vs_validation.py

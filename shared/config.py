@@ -449,6 +449,10 @@ def _llm(env: Mapping[str, str]) -> _LlmFields:
     base = (env.get("LLM_BASE_URL") or "").strip().rstrip("/") or None
     if base and not base.startswith(("http://", "https://")):
         raise ConfigError(f"LLM_BASE_URL must be an http(s) URL, got {base!r}")
+    if base and base.endswith("/v1"):
+        # OpenAI's convention names the base URL with /v1 (compose and Kubernetes do); the client adds
+        # /v1/... itself and the DSBD route lives beside it, at /plugins/dsbd/v1.
+        base = base[: -len("/v1")]
     return {
         "llm_base_url": base,
         "llm_model": (env.get("LLM_MODEL") or "").strip() or "oncotwin-judge",

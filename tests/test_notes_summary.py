@@ -15,7 +15,7 @@ import pytest
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from services.clinical_history.summary import SUMMARY_SCHEMA, is_oncology_note, select_notes, summarize_notes
+from services.clinical_history.summary import is_oncology_note, select_notes, summarize_notes, summary_schema
 from shared.fhir.record import LOINC, ClinicalNote, Code, FhirTime
 from shared.llm import CircuitBreaker, LLMClient
 from tests.builders import note, patient
@@ -94,7 +94,8 @@ def test_a_summary_of_the_recent_oncology_notes(llm: Endpoint) -> None:
     assert result.sources == ("DocumentReference/ct", "DocumentReference/c4", "DocumentReference/first")
     assert result.model == "judge" and "verify" in result.disclaimer
     (body,) = llm.bodies
-    assert body["response_format"]["json_schema"]["schema"] == SUMMARY_SCHEMA
+    assert body["response_format"]["json_schema"]["schema"] == summary_schema(1200)
+    assert body["response_format"]["json_schema"]["schema"]["properties"]["summary"]["maxLength"] == 1200
     assert body["temperature"] == 0.0 and body["max_tokens"] == 400
     user = body["messages"][1]["content"]
     assert user.index("DocumentReference/ct") < user.index("DocumentReference/c4")  # newest first

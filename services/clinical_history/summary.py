@@ -8,8 +8,8 @@ It never raises into the timeline.
 
 What is sent: at most ``max_notes`` notes, oncology ones first (by note type or wording), most
 recent first, each cut to its share of ``max_chars`` characters. The answer is constrained to
-``{"summary": string}`` (structured outputs), so even a small model returns parseable JSON; the
-text is cut to ``max_summary_chars``.
+``{"summary": string}`` of at most ``max_summary_chars`` characters (structured outputs), so even a
+small model returns parseable JSON.
 """
 
 from __future__ import annotations
@@ -27,7 +27,16 @@ SUMMARY_SCHEMA = {
     "type": "object",
     "properties": {"summary": {"type": "string"}},
     "required": ["summary"],
+    "additionalProperties": False,
 }
+
+
+def summary_schema(max_chars: int) -> dict[str, object]:
+    """``SUMMARY_SCHEMA`` with the summary bounded: the grammar closes the string at ``max_chars``, so a
+    model that rambles (or loops, greedily) still ends with valid JSON instead of running out of tokens."""
+    return {**SUMMARY_SCHEMA, "properties": {"summary": {"type": "string", "maxLength": max_chars}}}
+
+
 _ONCOLOGY = re.compile(
     r"\b(oncolog\w*|cancer\w*|\w*(?:carcinoma|sarcoma|lymphoma|melanoma|blastoma|myeloma)s?|tumou?rs?|neoplas\w*|"
     r"malignan\w*|metasta\w*|leuka?emia|chemo\w*|radiation|radiotherapy|immunotherapy|staging|restaging|"
@@ -95,7 +104,9 @@ def summarize_notes(
         {"role": "user", "content": f"Notes, newest first:\n\n{body}"},
     ]
     try:
-        contents = client.chat(messages, schema=SUMMARY_SCHEMA, temperature=0.0, max_tokens=max_tokens)
+        contents = client.chat(
+            messages, schema=summary_schema(max_summary_chars), temperature=0.0, max_tokens=max_tokens
+        )
         answer = json.loads(contents[0]) if contents else None
     except (UpstreamError, ValueError):  # down, refused, or not the JSON asked for: no summary
         return None

@@ -16,6 +16,7 @@ calls; a client without retries asks every vote once.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,15 +26,27 @@ from shared.config import Settings
 from shared.errors import UpstreamError
 from shared.llm import LLMClient, LLMUnavailable
 
+# Bounded strings: the grammar closes them, so every answer ends as valid JSON within the token budget.
 VERDICT_SCHEMA = {
     "type": "object",
     "properties": {
         "verdict": {"type": "string", "enum": ["satisfied", "unsatisfied", "unknown"]},
-        "quote": {"type": "string"},
-        "rationale": {"type": "string"},
+        "quote": {"type": "string", "maxLength": 300},
+        "rationale": {"type": "string", "maxLength": 400},
     },
     "required": ["verdict", "quote", "rationale"],
+    "additionalProperties": False,
 }
+MIN_QUOTE_WORDS = 2  # a quote of one word ("e", "no") is found in almost any excerpt: it grounds nothing
+
+
+def grounded(quote: str, passages: list[Passage]) -> bool:
+    """Is ``quote`` words really in one of the excerpts (case and spacing aside), and enough of them?"""
+    words = quote.lower().split()
+    if len(re.findall(r"[a-z0-9]{2,}", " ".join(words))) < MIN_QUOTE_WORDS:
+        return False
+    wanted = " ".join(words)
+    return any(wanted in " ".join(p.text.lower().split()) for p in passages)
 
 
 @dataclass(frozen=True)
@@ -84,11 +97,7 @@ class LLMJury:
             verdict = answer.get("verdict")
             quote = str(answer.get("quote") or "")
             # A verdict must rest on words that are really in the excerpts.
-            if (
-                verdict in {"satisfied", "unsatisfied"}
-                and quote
-                and any(quote.lower() in p.text.lower() for p in passages)
-            ):
+            if verdict in {"satisfied", "unsatisfied"} and grounded(quote, passages):
                 votes.append(str(verdict))
                 rationales.setdefault(str(verdict), str(answer.get("rationale") or ""))
             else:

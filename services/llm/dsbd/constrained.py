@@ -21,7 +21,8 @@ Supported JSON-schema subset (anything else is a ``SchemaError`` -> HTTP 400):
 
 - the top level is ``{"type": "object", "properties": {...}, "required": [...]}``;
   ``additionalProperties`` is accepted and treated as false (no other keys are generated);
-- each property is ``{"type": "string"}``, ``{"type": "number"}``, ``{"type": "integer"}``,
+- each property is ``{"type": "string"}`` (optionally with ``maxLength``, in characters as JSON Schema
+  counts them: an escape or a multi-byte character is one), ``{"type": "number"}``, ``{"type": "integer"}``,
   ``{"type": "boolean"}``, ``{"type": "null"}``, an ``enum`` of scalars (with or without a
   matching ``type``) or a ``const``;
 - annotations (``title``, ``description``, ``default``, ``examples``, ``$schema``, ``$id``) are ignored.
@@ -47,7 +48,7 @@ _INF = math.inf
 
 _ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", "$comment"}
 _OBJECT_KEYS = {"type", "properties", "required", "additionalProperties"} | _ANNOTATIONS
-_PROPERTY_KEYS = {"type", "enum", "const"} | _ANNOTATIONS
+_PROPERTY_KEYS = {"type", "enum", "const", "maxLength"} | _ANNOTATIONS
 _MAX_DIGITS = 15
 _MAX_EXP_DIGITS = 3
 
@@ -80,6 +81,7 @@ class Property:
     key: bytes  # the key as written, with quotes and the colon: b'"name":'
     kind: str  # "string" | "literal" | "number" | "integer"
     literals: tuple[bytes, ...] = ()
+    max_length: int | None = None  # strings: at most this many characters
 
     @property
     def min_value(self) -> int:
@@ -118,6 +120,11 @@ def _property(name: str, spec: Any) -> Property:
     if kind is not None and kind not in {"string", "number", "integer", "boolean", "null"}:
         raise SchemaError(f"property {name!r} has type {kind!r}; only scalar types are supported")
     key = _literal(name) + b":"
+    max_length = spec.get("maxLength")
+    if max_length is not None and (
+        kind != "string" or isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0
+    ):
+        raise SchemaError(f"property {name!r}: maxLength must be a non-negative integer on a string")
     values: list[Any] | None = None
     if "const" in spec:
         values = [spec["const"]]
@@ -141,7 +148,7 @@ def _property(name: str, spec: Any) -> Property:
         return Property(name, key, "literal", (b"true", b"false"))
     if kind == "null":
         return Property(name, key, "literal", (b"null",))
-    return Property(name, key, kind)
+    return Property(name, key, kind, max_length=max_length if "enum" not in spec and "const" not in spec else None)
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,8 @@ class ObjectSchema:
                 if _literal(item) not in prop.literals:
                     return False
             elif not _matches_type(item, prop.kind):
+                return False
+            elif prop.max_length is not None and len(item) > prop.max_length:
                 return False
         return True
 
@@ -224,7 +233,8 @@ class ObjectAutomaton:
     """Compact JSON for one ``ObjectSchema``; states are small tuples (hashable, cacheable).
 
     ("open",) after ``{`` ... ("key", i, prefix) inside a key (next property index >= i),
-    ("v", k) before the value of property k, ("str", k, mode, pending, lo, hi) inside a string,
+    ("v", k) before the value of property k, ("str", k, mode, pending, lo, hi, count) inside a string
+    (``count``: characters so far, kept only under a ``maxLength`` so that other strings stay one state),
     ("lit", k, prefix) inside an enum/boolean/null literal, ("num", k, phase, digits) inside a
     number, ("after", k) after the value of property k, ("done",) after the closing ``}``.
     """
@@ -270,7 +280,7 @@ class ObjectAutomaton:
             k = state[1]
             prop = props[k]
             if prop.kind == "string":
-                return ("str", k, 0, 0, 0x80, 0xBF) if byte == 0x22 else None
+                return ("str", k, 0, 0, 0x80, 0xBF, 0) if byte == 0x22 else None
             if prop.kind == "literal":
                 return self.step(("lit", k, b""), byte)
             return self._number(k, "start", 0, byte)
@@ -307,31 +317,37 @@ class ObjectAutomaton:
         return ("key", i, grown)
 
     def _string(self, state: State, byte: int) -> State | None:
-        _, k, mode, pending, lo, hi = state
+        _, k, mode, pending, lo, hi, count = state
         if pending:
             if not lo <= byte <= hi:
                 return None
-            return ("str", k, 0, pending - 1, 0x80, 0xBF)
+            return ("str", k, 0, pending - 1, 0x80, 0xBF, count)
         if mode == 1:  # after a backslash
             if byte in _ESCAPES:
-                return ("str", k, 0, 0, 0x80, 0xBF)
-            return ("str", k, 2, 0, 0x80, 0xBF) if byte == 0x75 else None
+                return ("str", k, 0, 0, 0x80, 0xBF, count)
+            return ("str", k, 2, 0, 0x80, 0xBF, count) if byte == 0x75 else None
         if mode >= 2:  # \u and (mode - 2) hex digits so far
             if byte not in _HEX:
                 return None
-            return ("str", k, 0 if mode == 5 else mode + 1, 0, 0x80, 0xBF)
+            return ("str", k, 0 if mode == 5 else mode + 1, 0, 0x80, 0xBF, count)
         if byte == 0x22:
             return ("after", k)
-        if byte == 0x5C:
-            return ("str", k, 1, 0, 0x80, 0xBF)
         if byte < 0x20:
             return None  # control characters must be escaped
+        # Any other byte starts a character: an escape, an ASCII character or a UTF-8 lead byte.
+        limit = self.schema.properties[k].max_length
+        if limit is not None:
+            if count >= limit:
+                return None
+            count += 1
+        if byte == 0x5C:
+            return ("str", k, 1, 0, 0x80, 0xBF, count)
         if byte < 0x80:
-            return state if (lo, hi) == (0x80, 0xBF) else ("str", k, 0, 0, 0x80, 0xBF)
+            return ("str", k, 0, 0, 0x80, 0xBF, count)
         lead = _utf8_lead(byte)
         if lead is None:
             return None
-        return ("str", k, 0, *lead)
+        return ("str", k, 0, *lead, count)
 
     def _number(self, k: int, phase: str, digits: int, byte: int) -> State | None:
         integer = self.schema.properties[k].kind == "integer"
@@ -385,7 +401,7 @@ class ObjectAutomaton:
         if tag == "after":
             return self._after[state[1]]
         if tag == "str":
-            _, k, mode, pending, _, _ = state
+            _, k, mode, pending, _, _, _ = state
             escape = 1 if mode == 1 else (6 - mode if mode >= 2 else 0)
             return int(pending) + escape + 1 + self._after[k]
         if tag == "lit":

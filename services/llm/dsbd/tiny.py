@@ -22,6 +22,15 @@ import numpy as np
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
 DEFAULT_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 .,:;!?'-()\n"
+# Every printable ASCII character: a model that serves JSON (structured outputs) must be able to write
+# braces, quotes and the capitals of schema keys; vLLM's grammar engine cannot finish an object otherwise.
+PRINTABLE_ALPHABET = "".join(chr(c) for c in range(32, 127)) + "\n"
+# A plain chat template, so that a tiny model answers /v1/chat/completions (vLLM renders it) and the DSBD
+# route's ``messages`` the same way.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
 DEMO_TEXT = (
     "the patient is stable. the scan shows no new lesion. continue the current plan.\n"
     "the tumor board recommends surgery. review in two weeks.\n"
@@ -182,6 +191,26 @@ def load_tiny(path: str | Path) -> tuple[Any, Any | None]:
     has_tokenizer = (path / "tokenizer.json").exists()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True) if has_tokenizer else None
     return model, tokenizer
+
+
+def serving_pair(
+    out: str | Path, seed: int = 0, *, alphabet: str = PRINTABLE_ALPHABET, init_range: float = 0.1
+) -> tuple[Path, Path]:
+    """A random target and its one-layer draft, written to ``OUT/target`` and ``OUT/draft`` for vLLM to serve.
+
+    Shaped for vLLM's CPU attention, which takes head sizes from 32 up (64 wide, 2 heads); the tokenizer
+    carries ``CHAT_TEMPLATE``. A larger ``init_range`` gives peakier distributions. Random weights: the
+    answers exercise the plumbing, never a judgement.
+    """
+    out = Path(out)
+    tokenizer = char_tokenizer(alphabet)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    target = tiny_llama(
+        len(tokenizer), layers=4, hidden=64, heads=2, seed=seed, init_range=init_range, max_positions=4096
+    )
+    return save_tiny(out / "target", target, tokenizer), save_tiny(
+        out / "draft", layer_skip_draft(target, 1), tokenizer
+    )
 
 
 def tiny_pair(seed: int = 0, *, train_steps: int = 0) -> tuple[Any, Any, Any]:

@@ -25,7 +25,13 @@ ask, chosen at start-up (``DSBD_VLLM_SCORING``: auto | prompt_logprobs | token_i
 - ``prompt_logprob_token_ids`` + ``prompt_logprob_start`` (vLLM >= 0.31, V2 model runner):
   ``RequestOutput.prompt_token_id_logprobs`` is a dense ``[rows, ids]`` float32 matrix, only for
   the forest rows (the shared user prompt is not returned). Newer releases take one id list per
-  row (``token_id_rows``); ``auto`` reads the field's annotation to tell the two apart.
+  row (``token_id_rows``).
+
+``auto`` asks the engine itself at start-up (``detect_scoring_mode``): it scores one short probe in
+``prompt_logprobs`` mode (which must work: ``--max-logprobs -1``) and in each fixed-id mode this
+SamplingParams declares, and keeps the first fixed-id mode whose rows equal the reference; a build
+that accepts the fields but does not implement them (the V1 model runner) answers something else and
+falls back to ``prompt_logprobs``. ``scoring_mode`` (annotations only) is the choice without an engine.
 
 The draft model runs in this process (PyTorch, ``DSBD_DRAFT_MODEL``, loaded in ``init_state``).
 Nothing here imports vLLM, torch or FastAPI at import time: they are imported where used.
@@ -34,6 +40,7 @@ Nothing here imports vLLM, torch or FastAPI at import time: they are imported wh
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
@@ -55,7 +62,8 @@ from dsbd.protocol import (
     parse_dsbd_request,
 )
 
-log = logging.getLogger("dsbd.vllm_plugin")
+# Under "vllm.": vLLM configures that logger tree, so the plugin's lines reach the server's log.
+log = logging.getLogger("vllm.plugins.dsbd")
 
 PLUGIN_NAME = "dsbd"
 SCORING_MODES = ("prompt_logprobs", "token_ids", "token_id_rows")
@@ -68,6 +76,7 @@ def register() -> None:
     if _registered:
         return
     _registered = True
+    log.info("DSBD general plugin registered in process %d", os.getpid())
     draft = os.environ.get("DSBD_DRAFT_MODEL")
     if draft and not os.path.isdir(draft):
         log.warning("DSBD_DRAFT_MODEL=%s is not a directory: the DSBD route will decode without a draft", draft)
@@ -249,6 +258,44 @@ def _merge(previous: Any, current: Any) -> Any:
     return current
 
 
+PROBE_TOLERANCE = 1e-3  # logprob difference between two ways of asking for the same rows (float32 engine)
+
+
+async def detect_scoring_mode(
+    engine: Any, vocab_size: int, *, sampling_params_cls: Any = None, env: dict[str, str] | None = None
+) -> str:
+    """The scoring mode the running engine really implements (``DSBD_VLLM_SCORING``, default auto)."""
+    env = dict(os.environ) if env is None else env
+    reference_scorer = VLLMScorer(engine, vocab_size, sampling_params_cls=sampling_params_cls, mode="prompt_logprobs")
+    cls = reference_scorer.sampling_params_cls
+    declared = scoring_mode(cls, {**env, "VLLM_USE_V2_MODEL_RUNNER": "1"})
+    if (env.get("DSBD_VLLM_SCORING") or "auto").strip().lower() != "auto":
+        return declared  # an explicit choice (validated by scoring_mode) is obeyed, not probed
+    token = min(1, vocab_size - 1)
+    probe = [[token], [token, min(2, vocab_size - 1)]]
+    try:
+        reference = await reference_scorer.score(probe)
+    except Exception as exc:
+        raise RuntimeError(
+            "the engine returned no full prompt log-probabilities; start vLLM with --max-logprobs -1"
+        ) from exc
+    finite = np.isfinite(reference)
+    for mode in dict.fromkeys((declared, "token_id_rows", "token_ids")):
+        if mode == "prompt_logprobs" or "prompt_logprob_token_ids" not in _fields(cls):
+            continue
+        try:
+            rows = await VLLMScorer(engine, vocab_size, sampling_params_cls=cls, mode=mode).score(probe)
+        except Exception as exc:  # accepted by SamplingParams, refused or unimplemented by the engine
+            log.info("DSBD scoring mode %s is not available here: %s", mode, exc)
+            continue
+        if np.array_equal(finite, np.isfinite(rows)) and np.allclose(
+            rows[finite], reference[finite], atol=PROBE_TOLERANCE
+        ):
+            return mode
+        log.info("DSBD scoring mode %s answered other rows than prompt_logprobs: not used", mode)
+    return "prompt_logprobs"
+
+
 class VLLMTargetModel:
     """The synchronous ``NextTokenModel`` the decoding core sees; every call runs ``VLLMScorer.score``
     on the server's event loop (the core runs in a worker thread, see ``DSBDHandler``)."""
@@ -338,6 +385,16 @@ class DSBDHandler:
         return 200, dsbd_response(decoded)
 
 
+async def engine_tokenizer(engine_client: Any) -> Any:
+    """The engine's tokenizer: ``EngineClient.renderer.get_tokenizer()`` (vLLM >= 0.32, synchronous), else
+    ``get_tokenizer()`` (a coroutine before 0.32, a plain method on 0.32's ``AsyncLLM``)."""
+    renderer = getattr(engine_client, "renderer", None)
+    if renderer is not None and callable(getattr(renderer, "get_tokenizer", None)):
+        return renderer.get_tokenizer()
+    tokenizer = engine_client.get_tokenizer()
+    return await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
+
+
 async def build_handler(
     engine_client: Any,
     *,
@@ -352,7 +409,7 @@ async def build_handler(
     from dsbd.service import DecodeService
 
     env = dict(os.environ) if env is None else env
-    tokenizer = await engine_client.get_tokenizer()
+    tokenizer = await engine_tokenizer(engine_client)
     model_config = getattr(engine_client, "model_config", None)
     vocab_size = None
     if model_config is not None and callable(getattr(model_config, "get_vocab_size", None)):
@@ -368,7 +425,8 @@ async def build_handler(
         vocab_size = draft.vocab_size if draft is not None else len(tokenizer)
     if draft is not None:
         draft = DraftView(draft, vocab_size)
-    scorer = VLLMScorer(engine_client, vocab_size, sampling_params_cls=sampling_params_cls)
+    mode = await detect_scoring_mode(engine_client, vocab_size, sampling_params_cls=sampling_params_cls, env=env)
+    scorer = VLLMScorer(engine_client, vocab_size, sampling_params_cls=sampling_params_cls, mode=mode)
     log.info("DSBD scoring through vLLM with %s (vocabulary %d)", scorer.mode, vocab_size)
     target = VLLMTargetModel(scorer, asyncio.get_running_loop(), float(env.get("DSBD_SCORE_TIMEOUT_SECONDS") or 120))
     if generator_factory is None:

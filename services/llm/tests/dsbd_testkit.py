@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from dsbd.api import BeamParams, BeamResult, NextTokenModel
+from dsbd.speculative import AcceptanceRule
 
 # Token ids of the table models: 0 is the prompt's BOS (never generated), the last id is EOS.
 TABLE_VOCAB = 6
@@ -185,3 +186,26 @@ def chi_square_fit(samples: Iterable[Outcome], reference: dict[Outcome, float], 
 
 def sample_outcomes(run: Callable[[int], BeamResult], seeds: Iterable[int]) -> list[Outcome]:
     return [outcome_of(run(s)) for s in seeds]
+
+
+# -- deliberately wrong acceptance rules: the statistic must reject each of them -------------------------------
+
+
+class AcceptWhateverTheTargetAllows(AcceptanceRule):
+    def accept_probability(self, target: float, draft: float) -> float:
+        return 1.0 if target > 0 else 0.0
+
+
+class ResampleFromTarget(AcceptanceRule):
+    """After a rejection, draw from the target again instead of the residual max(p - q, 0)."""
+
+    def residual(self, target: np.ndarray, draft: np.ndarray) -> np.ndarray:
+        return target
+
+
+class UnnormalisedResidual(AcceptanceRule):
+    def residual(self, target: np.ndarray, draft: np.ndarray) -> np.ndarray:
+        return np.maximum(target - draft, 0.0)
+
+
+BROKEN_RULES = [AcceptWhateverTheTargetAllows(), ResampleFromTarget(), UnnormalisedResidual()]

@@ -381,3 +381,34 @@ def test_choices_that_prefix_each_other() -> None:
     allowed = constraint.mask(state, 5, 7)
     assert allowed[6] and allowed[3] and not allowed[0]  # EOS or " " (towards "yes p"), nothing else
     assert not constraint.mask(state, 1, 7)[3]  # one token left: only EOS can end validly
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_max_length_string_is_closed_by_the_grammar(server: Server, seed: int) -> None:
+    """A string's ``maxLength`` (in characters) is part of the automaton: the answer ends in budget and valid."""
+    schema = {
+        "type": "object",
+        "properties": {"quote": {"type": "string", "maxLength": 5}, "verdict": {"enum": ["yes", "no"]}},
+        "required": ["quote", "verdict"],
+    }
+    fmt = {"type": "json_schema", "json_schema": {"schema": schema}}
+    body = {"prompt": "x", "response_format": fmt, "max_tokens": 60, "seed": seed, "temperature": 2.0}
+    response = server.post("/v1/completions", body)
+    assert response.status_code == 200, response.text
+    value = json.loads(response.json()["choices"][0]["text"])
+    assert len(value["quote"]) <= 5 and value["verdict"] in {"yes", "no"}
+    assert is_valid("json_schema", json.dumps(value, separators=(",", ":")), schema)
+
+
+def test_max_length_counts_characters_and_is_only_for_strings() -> None:
+    from dsbd.constrained import ObjectAutomaton, SchemaError
+
+    automaton = ObjectAutomaton(compile_schema({"properties": {"q": {"type": "string", "maxLength": 2}}}))
+    state = automaton.start
+    for byte in b'{"q":"\\n' + "é".encode():  # an escape and a two-byte character: two characters
+        state = automaton.step(state, byte)
+        assert state is not None
+    assert automaton.step(state, ord("a")) is None  # a third character
+    assert automaton.step(state, ord('"')) is not None
+    with pytest.raises(SchemaError, match="maxLength"):
+        compile_schema({"properties": {"n": {"type": "integer", "maxLength": 2}}})

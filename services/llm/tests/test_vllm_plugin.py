@@ -126,6 +126,7 @@ class FakeEngine:
     model_config: ModelConfig
     requests: list[tuple[list[int], Any, str]] = field(default_factory=list)
     delta: bool = False  # like RequestOutputKind.DELTA: prompt data only on the first output
+    fixed_ids: bool = True  # False: accepts prompt_logprob_token_ids but returns nothing (the V1 runner)
 
     async def get_tokenizer(self) -> Any:
         return self.tokenizer
@@ -152,7 +153,7 @@ class FakeEngine:
                 prompt_logprobs.append({t: Logprob(float(rows[j - 1][t]), ranks[t]) for t in sorted(keep)})
         matrix = None
         token_ids = getattr(sampling_params, "prompt_logprob_token_ids", None)
-        if token_ids is not None:
+        if token_ids is not None and self.fixed_ids:
             start = sampling_params.prompt_logprob_start or 0
             count = len(ids) - 1 - start
             table = np.asarray(token_ids)
@@ -348,13 +349,42 @@ def test_the_draft_view_is_stateless_and_fits_the_vocabulary(tiny: Any) -> None:
 
 # -- request handling ----------------------------------------------------------------------------------------
 async def _handler(tiny: Any, fake: FakeEngine, env: dict[str, str], draft: bool = True) -> Any:
-    return await vllm_plugin.build_handler(
+    handler = await vllm_plugin.build_handler(
         fake,
         model_name="tiny-vllm",
         draft_path=str(tiny.draft) if draft else None,
         env=env,
         sampling_params_cls=OldSamplingParams,
     )
+    fake.requests.clear()  # the start-up probe of the scoring mode is not a route request
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("cls", "fixed_ids", "mode"),
+    [
+        (OldSamplingParams, True, "prompt_logprobs"),
+        (FlatSamplingParams, True, "token_ids"),
+        (RowSamplingParams, True, "token_id_rows"),
+        (FlatSamplingParams, False, "prompt_logprobs"),  # declared, not implemented: probed, not believed
+    ],
+)
+def test_auto_scoring_asks_the_engine_what_it_implements(tiny: Any, cls: Any, fixed_ids: bool, mode: str) -> None:
+    fake = engine(tiny, fixed_ids=fixed_ids)
+    found = asyncio.run(vllm_plugin.detect_scoring_mode(fake, tiny.vocab, sampling_params_cls=cls, env={}))
+    assert found == mode
+    assert fake.requests, "the mode was chosen without asking the engine"
+
+
+def test_an_engine_without_full_prompt_logprobs_fails_at_start_with_the_flag_to_set(tiny: Any) -> None:
+    class Capped(FakeEngine):  # --max-logprobs left at its default: every request with -1 is refused
+        async def generate(self, prompt: dict[str, Any], sampling_params: Any, request_id: str) -> AsyncIterator[Any]:
+            raise ValueError("Requested prompt logprobs of -1, which is greater than max allowed: 20")
+            yield  # pragma: no cover - makes this an async generator
+
+    fake = Capped(tiny.model, tiny.tokenizer, ModelConfig(tiny.vocab))
+    with pytest.raises(RuntimeError, match="--max-logprobs -1"):
+        asyncio.run(vllm_plugin.detect_scoring_mode(fake, tiny.vocab, sampling_params_cls=OldSamplingParams, env={}))
 
 
 def _call(tiny: Any, fake: FakeEngine, env: dict[str, str], *requests: tuple[str | None, Any]) -> list[Any]:
@@ -448,12 +478,22 @@ def test_bad_requests_are_400_and_oversized_ones_413(tiny: Any) -> None:
 
 def test_engine_failures_are_a_500_without_details(tiny: Any) -> None:
     class Broken(FakeEngine):
+        failing = False  # it starts well (the scoring probe passes), then fails every request
+
         async def generate(self, prompt: dict[str, Any], sampling_params: Any, request_id: str) -> AsyncIterator[Any]:
-            raise RuntimeError("CUDA out of memory at 0xdeadbeef")
-            yield  # an async generator
+            if self.failing:
+                raise RuntimeError("CUDA out of memory at 0xdeadbeef")
+            async for output in super().generate(prompt, sampling_params, request_id):
+                yield output
 
     broken = Broken(tiny.model, tiny.tokenizer, ModelConfig(tiny.vocab))
-    ((status, data),) = _call(tiny, broken, {"DSBD_API_KEY": KEY}, (f"Bearer {KEY}", {"prompt": "a", "max_tokens": 2}))
+
+    async def main() -> tuple[int, dict[str, Any]]:
+        handler = await _handler(tiny, broken, {"DSBD_API_KEY": KEY})
+        broken.failing = True
+        return await handler.handle(f"Bearer {KEY}", json.dumps({"prompt": "a", "max_tokens": 2}).encode())
+
+    status, data = asyncio.run(main())
     assert status == 500 and "deadbeef" not in json.dumps(data)
 
 
