@@ -62,6 +62,7 @@ bench-llm: install-dev
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	cd services/llm && ../../$(VENV)/bin/mypy dsbd --ignore-missing-imports --explicit-package-bases
 

@@ -49,7 +49,7 @@ from tests.test_necessity_api import egfr_bundle  # noqa: E402
 SYNTHEA = ROOT.parent / "shared" / "data" / "fhir" / "synthea"
 RUNS = 2000
 CONSTRUCTED_ORDER = "MedicationRequest/order-1"
-LOCUSTFILE = '''
+LOCUSTFILE = """
 import os
 from locust import FastHttpUser, constant, task
 
@@ -63,7 +63,7 @@ class Clinician(FastHttpUser):
     @task
     def evaluate(self):
         self.client.post(os.environ["BENCH_PATH"], data=BODY, headers=HEADERS, name="evaluate")
-'''
+"""
 
 
 def in_process() -> None:

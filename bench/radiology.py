@@ -40,8 +40,10 @@ def main() -> int:
             print(f"train: {len(reports)} reports in {time.perf_counter() - started:.1f} s (weak labels only)")
         size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
         engine = RadiologyEngine(RadiologyModel.load(folder))
-        print(f"model artifact: {size / 1024:.0f} KiB ({len(engine.model.vocab)} features x "
-              f"{len(engine.model.classes)} classes) in {folder}")
+        print(
+            f"model artifact: {size / 1024:.0f} KiB ({len(engine.model.vocab)} features x "
+            f"{len(engine.model.classes)} classes) in {folder}"
+        )
         engine.classify(reports[: args.batch])  # warm-up: rules compiled, spaCy pipeline built
 
         started = time.perf_counter()

@@ -181,8 +181,9 @@ def main() -> int:
             counts.append(f"{overlay.name}: not rendered")
     for problem in problems:
         print(problem)
-    print(f"docker-compose.yml and k8s ({'; '.join(counts)}; Kubernetes {KUBERNETES_VERSION}): "
-          f"{len(problems)} problem(s)")
+    print(
+        f"docker-compose.yml and k8s ({'; '.join(counts)}; Kubernetes {KUBERNETES_VERSION}): {len(problems)} problem(s)"
+    )
     return 1 if problems else 0
 
 

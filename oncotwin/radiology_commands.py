@@ -56,8 +56,14 @@ def _eval(args: argparse.Namespace) -> int:
     predictions = _existing(Path(args.predictions), "LLM predictions") if args.predictions else None
     reports = load_reports(data)
     try:
-        comparison = cross_validate(reports, load_gold(labels), default_labeler(), args.folds, args.seed,
-                                    uncertain_positive=args.uncertain_positive)
+        comparison = cross_validate(
+            reports,
+            load_gold(labels),
+            default_labeler(),
+            args.folds,
+            args.seed,
+            uncertain_positive=args.uncertain_positive,
+        )
         if predictions is not None:
             from services.radiology.evaluate import with_predictions
             from services.radiology.llm_path import read_predictions
@@ -114,8 +120,18 @@ def _classify(args: argparse.Namespace) -> int:
     for result in results:
         for item in result.to_json()["findings"]:
             ev = item["evidence"] or {}
-            writer.writerow([result.uid, item["label"], item["status"], item["probability"],
-                             ev.get("section", ""), ev.get("start", ""), ev.get("end", ""), ev.get("text", "")])
+            writer.writerow(
+                [
+                    result.uid,
+                    item["label"],
+                    item["status"],
+                    item["probability"],
+                    ev.get("section", ""),
+                    ev.get("start", ""),
+                    ev.get("end", ""),
+                    ev.get("text", ""),
+                ]
+            )
     return 0
 
 
@@ -129,8 +145,9 @@ def _llm_classify(args: argparse.Namespace) -> int:
     if client is None:
         raise ConfigError("LLM_BASE_URL is not set: the LLM path needs a served model (vLLM with the adapter)")
     reports = _read_reports(_existing(Path(args.file), "input"))
-    results = classify_with_llm(reports, client, args.schema, args.model or ADAPTER_NAME,
-                                answer_format=args.answer_format)
+    results = classify_with_llm(
+        reports, client, args.schema, args.model or ADAPTER_NAME, answer_format=args.answer_format
+    )
     written = write_predictions(reports, results, Path(args.out))
     print(f"{written} predictions written to {args.out} (score them: oncotwin radiology eval --predictions FILE)")
     return 0
@@ -144,8 +161,12 @@ def add_radiology_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--data", help="reports CSV (uid, findings, impression...); default the Open-i dev reports")
     train.add_argument("--out", help="artifact folder; default $ONCOTWIN_DATA_DIR/models/radiology")
     train.add_argument("--schema", choices=["openi", "chexpert"], default="openi")
-    train.add_argument("--uncertain-positive", action="store_true", default=None,
-                       help="uncertain weak labels count as present (default: schema.UNCERTAIN_POSITIVE, U-Zeros)")
+    train.add_argument(
+        "--uncertain-positive",
+        action="store_true",
+        default=None,
+        help="uncertain weak labels count as present (default: schema.UNCERTAIN_POSITIVE, U-Zeros)",
+    )
     train.set_defaults(func=_train)
 
     ev = commands.add_parser("eval", help="weak labeler vs cross-validated model, scored on human labels")
@@ -153,10 +174,17 @@ def add_radiology_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--labels", help="human labels CSV; default the reports file's *labels* sibling")
     ev.add_argument("--folds", type=int, default=5)
     ev.add_argument("--seed", type=int, default=13)
-    ev.add_argument("--uncertain-positive", action="store_true", default=None,
-                    help="uncertain weak labels count as present (default: schema.UNCERTAIN_POSITIVE, U-Zeros)")
-    ev.add_argument("--predictions", help="also score the LLM path's answers: JSONL (llm_path.write_predictions: "
-                    "uid + labels, or uid + answer) or CSV (uid + labels/answer/per-class 0/1 columns)")
+    ev.add_argument(
+        "--uncertain-positive",
+        action="store_true",
+        default=None,
+        help="uncertain weak labels count as present (default: schema.UNCERTAIN_POSITIVE, U-Zeros)",
+    )
+    ev.add_argument(
+        "--predictions",
+        help="also score the LLM path's answers: JSONL (llm_path.write_predictions: "
+        "uid + labels, or uid + answer) or CSV (uid + labels/answer/per-class 0/1 columns)",
+    )
     ev.set_defaults(func=_eval)
 
     cl = commands.add_parser("classify", help="findings of reports in a CSV (uid, findings, impression) or a text file")

@@ -42,8 +42,14 @@ from urllib3.util.retry import Retry
 logger = logging.getLogger(__name__)
 
 _EXTRA = (
-    "backoff_base_s", "backoff_max_s", "full_jitter", "max_retry_after_s", "give_up_on_long_retry_after",
-    "sleep_fn", "rng", "label",
+    "backoff_base_s",
+    "backoff_max_s",
+    "full_jitter",
+    "max_retry_after_s",
+    "give_up_on_long_retry_after",
+    "sleep_fn",
+    "rng",
+    "label",
 )
 
 
@@ -101,8 +107,14 @@ class RetryPolicy(Retry):
             return self.rng.uniform(0.0, base)
         return base + self.rng.uniform(0.0, base / 2)
 
-    def increment(self, method: str | None = None, url: str | None = None,
-                  response: BaseHTTPResponse | None = None, *args: Any, **kw: Any) -> RetryPolicy:
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        *args: Any,
+        **kw: Any,
+    ) -> RetryPolicy:
         if response is not None and self.give_up_on_long_retry_after and self.max_retry_after_s is not None:
             wait = self.get_retry_after(response)
             if wait is not None and wait > self.max_retry_after_s:

@@ -373,11 +373,10 @@ def test_retry_after_is_honoured(fhir: FakeFhir, client: FhirServerClient, sleep
     assert sleeps == [7.0]
 
 
-def test_retry_after_as_an_http_date_is_honoured(
-    fhir: FakeFhir, client: FhirServerClient, sleeps: list[float]
-) -> None:
-    when = email.utils.format_datetime(datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30),
-                                       usegmt=True)
+def test_retry_after_as_an_http_date_is_honoured(fhir: FakeFhir, client: FhirServerClient, sleeps: list[float]) -> None:
+    when = email.utils.format_datetime(
+        datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30), usegmt=True
+    )
     fhir.failures = [(503, {"Retry-After": when})]
     client.patient_resources(PATIENT)
     assert len(sleeps) == 1 and 25 < sleeps[0] <= 30

@@ -60,10 +60,12 @@ def test_write_then_read_round_trips(tmp_path: Path) -> None:
 
 def test_with_predictions_scores_a_third_system() -> None:
     reports = load_reports(FIXTURE / "reports.csv")
-    comparison = evaluate.cross_validate(reports, load_gold(FIXTURE / "labels.csv"), default_labeler(), folds=3,
-                                         config=TrainConfig(epochs=10, min_df=1))
-    scored = evaluate.with_predictions(comparison, reports, read_predictions(FIXTURE / "llm_predictions.jsonl",
-                                                                             CLASSES))
+    comparison = evaluate.cross_validate(
+        reports, load_gold(FIXTURE / "labels.csv"), default_labeler(), folds=3, config=TrainConfig(epochs=10, min_df=1)
+    )
+    scored = evaluate.with_predictions(
+        comparison, reports, read_predictions(FIXTURE / "llm_predictions.jsonl", CLASSES)
+    )
     assert scored.llm is not None and scored.llm_missing == 1
     normal = CLASSES.index(NORMAL)
     assert scored.llm[0, normal] == 1 and scored.llm[6, normal] == 1  # "normal", and an answer naming nothing
@@ -80,8 +82,16 @@ def test_with_predictions_scores_a_third_system() -> None:
 
 
 def test_cli_eval_with_predictions(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    args = ["radiology", "eval", "--data", str(FIXTURE / "reports.csv"), "--labels", str(FIXTURE / "labels.csv"),
-            "--folds", "3"]
+    args = [
+        "radiology",
+        "eval",
+        "--data",
+        str(FIXTURE / "reports.csv"),
+        "--labels",
+        str(FIXTURE / "labels.csv"),
+        "--folds",
+        "3",
+    ]
     assert main([*args, "--predictions", str(FIXTURE / "llm_predictions.csv")]) == 0
     printed = capsys.readouterr().out
     micro_rows = [line for line in printed.splitlines() if line.startswith("micro ")]
@@ -95,8 +105,9 @@ def test_cli_eval_with_predictions(capsys: pytest.CaptureFixture[str], tmp_path:
     assert main([*args, "--predictions", str(bad)]) == 78
 
 
-def test_cli_llm_classify_needs_a_served_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_llm_classify_needs_a_served_model(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("LLM_BASE_URL", raising=False)
     out = tmp_path / "preds.jsonl"
     assert main(["radiology", "llm-classify", str(FIXTURE / "reports.csv"), "--out", str(out)]) == 78

@@ -35,17 +35,22 @@ CASES = [
     ("Questionable small nodule in the right upper lobe.", "Nodule", "uncertain"),
     # "A versus B" names a differential the Open-i labels file as present; a hedge before it still hedges
     ("Atelectasis versus scarring in the left base.", "Atelectasis", "positive"),
-    ("There is mild right basilar airspace disease which may represent atelectasis versus infiltrate.", "Infiltration",
-     "uncertain"),
+    (
+        "There is mild right basilar airspace disease which may represent atelectasis versus infiltrate.",
+        "Infiltration",
+        "uncertain",
+    ),
     ("Lateral view somewhat limited however small bilateral pleural effusions suspected.", "Effusion", "uncertain"),
     ("Suspected mild patchy right upper lobe pneumonia.", "Pneumonia", "uncertain"),
-    ("This does not look like an acute infiltrate, and more XXXX represents a granuloma.", "Infiltration",
-     "negative"),
+    ("This does not look like an acute infiltrate, and more XXXX represents a granuloma.", "Infiltration", "negative"),
     ("Considerations would include pericardial effusion or dilated cardiomyopathy.", "Effusion", "uncertain"),
     ("Probable right lower lobe pneumonia.", "Pneumonia", "positive"),
     # a hedge ending in a terminating literal ("compatible with") still reaches the finding
-    ("XXXX opacities in the left base may be compatible with scarring or subsegmental atelectasis.", "Atelectasis",
-     "uncertain"),
+    (
+        "XXXX opacities in the left base may be compatible with scarring or subsegmental atelectasis.",
+        "Atelectasis",
+        "uncertain",
+    ),
     ("Question small right pleural effusion versus pleural thickening.", "Effusion", "uncertain"),
     # the adjective "nodular" describes an opacity, not a Nodule; the noun is a Nodule
     ("Nodular density overlying the anterior left 4th rib.", "Nodule", "absent"),

@@ -82,8 +82,12 @@ def test_weak_targets_policy() -> None:
 
 def test_model_learns_the_weak_labels_and_round_trips(tmp_path: Path) -> None:
     reports = toy_reports()
-    model = train_from_reports(reports, stand_in, config=TrainConfig(epochs=80, min_df=1),
-                               metadata={"weak_labels": {"source": "stand_in", "rules_version": "t1"}})
+    model = train_from_reports(
+        reports,
+        stand_in,
+        config=TrainConfig(epochs=80, min_df=1),
+        metadata={"weak_labels": {"source": "stand_in", "rules_version": "t1"}},
+    )
     probe = [Report("a", "Cardiomegaly is present."), Report("b", "No cardiomegaly.")]
     proba = model.predict_proba(probe)
     j = model.classes.index("Cardiomegaly")

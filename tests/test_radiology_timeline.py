@@ -45,8 +45,11 @@ def bundle(*, with_text: bool = True) -> dict[str, Any]:
         "subject": {"reference": "Patient/p1"},
         "conclusion": "Pleural effusion cytology negative.",
     }
-    entries = [{"resource": {"resourceType": "Patient", "id": "p1", "gender": "female"}}, {"resource": report},
-               {"resource": lab}]
+    entries = [
+        {"resource": {"resourceType": "Patient", "id": "p1", "gender": "female"}},
+        {"resource": report},
+        {"resource": lab},
+    ]
     return {"resourceType": "Bundle", "type": "collection", "entry": entries}
 
 
@@ -63,8 +66,10 @@ class Recording:
     def classify(self, reports: Sequence[Report]) -> list[Classified]:
         self.calls.append(list(reports))
         ev = Span("impression", 0, 8, "Left eff")
-        return [Classified(r.uid, (Finding("Effusion", "positive", 0.91, ev), Finding("Mass", "uncertain", 0.4)))
-                for r in reports]
+        return [
+            Classified(r.uid, (Finding("Effusion", "positive", 0.91, ev), Finding("Mass", "uncertain", 0.4)))
+            for r in reports
+        ]
 
 
 def test_imaging_reports_join_presented_form_and_conclusion() -> None:
@@ -83,7 +88,10 @@ def test_events_carry_label_status_probability_and_span() -> None:
     assert effusion.date is not None and effusion.date.startswith("2024-03-01")
     assert effusion.detail == "label=Effusion; status=positive; probability=0.910"
     assert effusion.span is not None and (effusion.span.section, effusion.span.start, effusion.span.text) == (
-        "impression", 0, "Left eff")
+        "impression",
+        0,
+        "Left eff",
+    )
     assert effusion.from_text and not effusion.negated and not effusion.uncertain
     assert mass.uncertain and mass.span is None and mass.detail == "label=Mass; status=uncertain; probability=0.400"
 

@@ -128,4 +128,3 @@ def _tokens(text: str) -> tuple[str, ...]:
 def _day(text: str | None) -> date | None:
     when = FhirTime.parse(text)
     return when.day if when is not None else None
-
