@@ -55,10 +55,17 @@ eval: install-dev
 	$(PY) bench/necessity_eval.py
 
 # Trains the small target/draft pair on ../shared/data once (about 7 minutes on 2 cores), then
-# compares DSBD, beam sampling and one-token-per-step beam search (services/llm/docs/benchmarks.md).
-bench-llm: install-dev
+# compares DSBD, beam sampling and one-token-per-step beam search (services/llm/docs/benchmarks.md);
+# then, on a real vLLM (var/vllm-venv), DSBD through the plugin against vLLM's beam search and sampling
+# with a 27M-parameter target and its distilled draft (trained once, about 18 minutes).
+LLM_MODELS_LARGE ?= var/dsbd-models-large
+bench-llm: install-dev vllm-venv
 	test -f $(LLM_MODELS)/draft/config.json || $(PY) -m dsbd.train --data ../shared/data --out $(LLM_MODELS)
 	$(PY) services/llm/bench/bench_dsbd.py --models $(LLM_MODELS) --widths 2 4 --prompts 32 --max-tokens 64
+	test -f $(LLM_MODELS_LARGE)/draft/config.json || \
+	  $(PY) -m dsbd.train --data ../shared/data --out $(LLM_MODELS_LARGE) --size large --seconds 1080
+	ONCOTWIN_VLLM_VENV=$(VLLM_VENV) $(PY) services/llm/bench/bench_vllm.py --models $(LLM_MODELS_LARGE) \
+	  --widths 2 4 --json var/bench_vllm.json
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
