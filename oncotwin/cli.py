@@ -27,11 +27,8 @@ if TYPE_CHECKING:
 def _timeline(args: argparse.Namespace) -> int:
     from services.clinical_history.text import render_text
     from services.clinical_history.timeline import build_timeline
-    from shared.fhir.ingest import load_path
 
-    result = load_path(Path(args.path), strict=args.strict)
-    patients = [result.record(args.patient)] if args.patient or len(result.records) == 1 else result.records
-    timelines = [build_timeline(rec, include_notes=not args.no_notes) for rec in patients]
+    timelines = [build_timeline(rec, include_notes=not args.no_notes) for rec in _records(args)]
     if args.format == "json":
         payload = timelines[0].to_json() if len(timelines) == 1 else [t.to_json() for t in timelines]
         json.dump(payload, sys.stdout, indent=2)
@@ -42,10 +39,19 @@ def _timeline(args: argparse.Namespace) -> int:
 
 
 def _records(args: argparse.Namespace) -> list[PatientRecord]:
-    """The patients of PATH a command is asked about: --patient, the only one, or all of them."""
+    """The patients of PATH a command is asked about: --patient, the only one, or all of them.
+    One patient of a Bulk Data export is read alone (``shared.fhir.bulk``), never the whole export."""
+    from shared.fhir.bulk import BulkExport, is_bulk_export
     from shared.fhir.ingest import load_path
 
-    result = load_path(Path(args.path), strict=args.strict)
+    path = Path(args.path)
+    if args.patient and is_bulk_export(path):
+        export = BulkExport(path, load_settings().data_dir / "bulk-index")
+        try:
+            return [export.load(args.patient, strict=args.strict).record(args.patient)]
+        finally:
+            export.close()
+    result = load_path(path, strict=args.strict)
     if args.patient or len(result.records) == 1:
         return [result.record(args.patient)]
     return result.records

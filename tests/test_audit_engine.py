@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 
 from services.medical_necessity.audit import run, store
-from services.medical_necessity.audit.inputs import FILE, FOLDER, enumerate_paths, key
+from services.medical_necessity.audit.inputs import BULK, FILE, FOLDER, enumerate_paths, key
 from services.medical_necessity.audit.report import (
     CSV_COLUMNS,
     HTML_CSP,
@@ -40,6 +40,7 @@ from shared.llm import LLMUnavailable
 from shared.terminology import terminology
 from tests.builders import order_for, patient
 from tests.celery_support import postgres_database, servers_available
+from tests.conftest import BULK as BULK_FOLDER
 from tests.conftest import FHIR, requires_data, synthea
 
 pytestmark = requires_data
@@ -99,17 +100,20 @@ def auditor(settings: Settings) -> Auditor:
 # -- inputs -----------------------------------------------------------------------------------------
 
 
-def test_the_data_folder_is_one_input_per_bundle_and_one_per_export() -> None:
-    refs = enumerate_paths([FHIR])
+def test_the_data_folder_is_one_input_per_bundle_and_one_per_exported_patient(tmp_path: Path) -> None:
+    refs = enumerate_paths([FHIR], index_dir=tmp_path)
     files = [r for r in refs if r.startswith(FILE)]
     folders = sorted(Path(r.removeprefix(FOLDER)).name for r in refs if r.startswith(FOLDER))
+    bulk = [r.removeprefix(BULK) for r in refs if r.startswith(BULK)]
+    patients = [line for line in (BULK_FOLDER / "Patient.000.ndjson").read_text().splitlines() if line.strip()]
+    assert len(bulk) == len(patients) and {b.rpartition("#")[0] for b in bulk} == {str(BULK_FOLDER)}
     bundles = [
         p
         for folder in ("synthea", "mcode-stu2-examples", "mcode-stu3-examples")
         for p in (FHIR / folder).glob("*.json")
     ]
     assert len(files) == len(bundles) >= 8 + 4 + 5  # one input per Bundle file
-    assert folders == ["mcode-stu1-examples", "synthea-bulk-10"]  # loose resources and NDJSON read together
+    assert folders == ["mcode-stu1-examples"]  # loose resources read together; an NDJSON export per patient
 
 
 def test_a_corrupt_file_is_an_input_of_its_own(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ the plumbing and the contracts (schemas, status codes, needs-review), never a ju
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -312,15 +314,21 @@ def test_the_radiology_llm_path_answers_in_its_schema(client: LLMClient) -> None
 # -- a slow or failing server --------------------------------------------------------------------------------------
 
 
-def test_a_slow_answer_times_out_and_opens_the_breaker_and_the_jury_defers(server: VLLMServer) -> None:
+def test_a_hung_server_times_out_opens_the_breaker_and_the_jury_defers(server: VLLMServer) -> None:
+    """The API server is stopped (SIGSTOP): connections are accepted by the kernel, nothing answers."""
+    assert server.process is not None
     breaker = CircuitBreaker(failure_threshold=2, cooldown_s=3600)
-    # 5 ms: vLLM needs more than that for any structured answer (tokenising, scheduling, the grammar).
-    slow = LLMClient(server.base_url, SERVED_NAME, timeout_s=0.005, breaker=breaker)
-    judgement = LLMJury(slow)(CRITERION, PASSAGES)
+    slow = LLMClient(server.base_url, SERVED_NAME, timeout_s=0.5, breaker=breaker)
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        judgement = LLMJury(slow)(CRITERION, PASSAGES)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
     assert judgement.verdict == "needs-review" and judgement.rationale == "the LLM endpoint did not answer"
     assert breaker.state == "open"
-    with pytest.raises(LLMUnavailable, match="circuit open"):
+    with pytest.raises(LLMUnavailable, match="circuit open"):  # fails at once, without a request
         slow.chat_json([{"role": "user", "content": "x"}], VERDICT_SCHEMA)
+    assert LLMJury(LLMClient(server.base_url, SERVED_NAME, timeout_s=120))(CRITERION, PASSAGES).votes  # it is back
 
 
 def test_a_request_vllm_refuses_is_no_verdict(client: LLMClient) -> None:

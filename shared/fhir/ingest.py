@@ -139,10 +139,12 @@ def _duplicate(
     return False
 
 
-def ingest(raws: Iterable[RawResource], *, strict: bool = False) -> IngestResult:
+def ingest(raws: Iterable[RawResource], *, strict: bool = False, problems: Iterable[IngestIssue] = ()) -> IngestResult:
+    """``problems``: what the reader could not turn into resources (an NDJSON line that is not JSON),
+    reported with the rest."""
     terms = terminology()
     index = ReferenceIndex()
-    issues: list[IngestIssue] = []
+    issues: list[IngestIssue] = list(problems)
     used: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
     candidates: list[tuple[RawResource, str]] = []

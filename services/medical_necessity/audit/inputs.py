@@ -31,12 +31,15 @@ from cachetools import LRUCache
 from services.medical_necessity.engine import orders_to_review
 from shared.config import Settings
 from shared.errors import InvalidInput, Problem
+from shared.fhir.bulk import BulkExport, is_bulk_export
 from shared.fhir.ingest import ingest, load_resources
 from shared.fhir.parse import RawResource, read_path
 from shared.fhir.record import Order, PatientRecord
 from shared.fhir.server import FhirServerClient
 
 FILE, FOLDER, SEARCH, PATIENT = "file:", "folder:", "fhir-search:", "fhir-patient:"
+# One patient of a Bulk Data export: "bulk:/the/folder#patient-id" (read through shared.fhir.bulk).
+BULK = "bulk:"
 PEEK_BYTES = 4096
 _RESOURCE_TYPE = re.compile(rb'"resourceType"\s*:\s*"([A-Za-z]+)"')
 _SEARCH_PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_:.\-]{0,63}$")
@@ -57,15 +60,20 @@ def _first_resource_type(path: Path) -> str | None:
     return found.group(1).decode() if found else None
 
 
-def _folder_inputs(folder: Path) -> Iterator[str]:
+def _folder_inputs(folder: Path, index_dir: Path | None) -> Iterator[str]:
     """Inputs below ``folder``. Symbolic links are never followed: a link could leave the audit
-    input folder, or loop back into it."""
+    input folder, or loop back into it. A Bulk Data export (a folder of NDJSON only) is one input
+    per patient, so that workers share it and none of them reads the whole export."""
+    if is_bulk_export(folder) and not any(c.is_symlink() for c in folder.iterdir()):
+        for patient in BulkExport(folder, index_dir).patients():
+            yield f"{BULK}{folder}#{patient}"
+        return
     loose = False
     for child in sorted(folder.iterdir()):
         if child.is_symlink():
             continue
         if child.is_dir():
-            yield from _folder_inputs(child)
+            yield from _folder_inputs(child, index_dir)
         elif _is_ndjson(child):
             loose = True
         elif _is_json(child) and child.is_file():
@@ -99,8 +107,9 @@ def confined(path: Path | str, root: Path | None, where: str = "the audit path")
     return resolved
 
 
-def enumerate_paths(paths: Sequence[str | Path], root: Path | None = None) -> list[str]:
-    """Input references for files and folders (relative to ``root`` when one is given)."""
+def enumerate_paths(paths: Sequence[str | Path], root: Path | None = None, index_dir: Path | None = None) -> list[str]:
+    """Input references for files and folders (relative to ``root`` when one is given); ``index_dir``
+    keeps the indexes of Bulk Data exports (``shared.fhir.bulk``)."""
     if not paths:
         raise InvalidInput("name at least one input", issue_code="required")
     refs: list[str] = []
@@ -108,7 +117,7 @@ def enumerate_paths(paths: Sequence[str | Path], root: Path | None = None) -> li
         where = f"the audit path paths[{i}]"
         path = confined(raw, root, where)
         if path.is_dir():
-            found = _folder_inputs(path)
+            found = _folder_inputs(path, index_dir)
         elif path.is_file():
             found = iter([FILE + str(path)])
         else:
@@ -118,6 +127,11 @@ def enumerate_paths(paths: Sequence[str | Path], root: Path | None = None) -> li
             if len(refs) > MAX_INPUTS:
                 raise InvalidInput(f"an audit takes at most {MAX_INPUTS} inputs", issue_code="too-costly")
     return list(dict.fromkeys(refs))
+
+
+def bulk_index_dir(settings: Settings) -> Path:
+    """Where the indexes of Bulk Data exports live (one SQLite file per export and version)."""
+    return settings.data_dir / "bulk-index"
 
 
 def search_ref(query: str | dict[str, str]) -> str:
@@ -132,11 +146,12 @@ def search_ref(query: str | dict[str, str]) -> str:
 def label(ref: str, root: Path | None = None) -> str:
     """How a report names an input: relative to ``root`` (no server paths leak), else as stored."""
     kind, _, rest = ref.partition(":")
-    if kind not in {"file", "folder"}:
+    if kind not in {"file", "folder", "bulk"}:
         return ref
+    rest, hash_, patient = rest.rpartition("#") if kind == "bulk" else (rest, "", "")
     base = (root or Path.cwd()).resolve()
     path = Path(rest)
-    return (str(path.relative_to(base)) or ".") if path.is_relative_to(base) else rest
+    return ((str(path.relative_to(base)) or ".") if path.is_relative_to(base) else rest) + hash_ + patient
 
 
 def key(*parts: str) -> str:
@@ -160,6 +175,13 @@ def read_input(ref: str, settings: Settings) -> list[PatientRecord]:
         return ingest(read_path(Path(rest)), strict=settings.strict_ingest).records
     if kind == "folder":
         return ingest(_folder_raws(Path(rest)), strict=settings.strict_ingest).records
+    if kind == "bulk":
+        folder, _, patient = rest.rpartition("#")
+        export = BulkExport(folder, bulk_index_dir(settings))
+        try:
+            return export.load(patient, strict=settings.strict_ingest).records
+        finally:
+            export.close()
     if kind == "fhir-patient":
         with _client(settings) as client:
             resources = client.patient_resources(rest)
@@ -190,8 +212,9 @@ def fingerprint(ref: str) -> str:
     path = Path(rest)
     if kind == "file":
         files = [path]
-    elif kind == "folder":
-        files = sorted(p for p in path.iterdir() if p.is_file())
+    elif kind in {"folder", "bulk"}:
+        folder = Path(rest.rpartition("#")[0]) if kind == "bulk" else path
+        files = sorted(p for p in folder.iterdir() if p.is_file())
     else:
         return ref  # server data: cached for the life of the worker process's cache entry
     parts = []
