@@ -209,7 +209,10 @@ class BulkExport:
             done |= wanted
             found = []
             for key in keys:
-                for row in self._db.execute("SELECT file, offset, length, line FROM shared WHERE key = ?", (key,)):
+                # One resource per reference (the first indexed, as ReferenceIndex resolves identifiers): the
+                # work per patient must not grow with the export, whatever identifiers repeat across it.
+                query = "SELECT file, offset, length, line FROM shared WHERE key = ? ORDER BY rowid LIMIT 1"
+                for row in self._db.execute(query, (key,)):
                     if (row[0], row[1]) not in seen:
                         seen.add((row[0], row[1]))
                         found.append(row)
