@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from oncotwin.app import create_app  # noqa: E402
-from services.dashboard.testing import chromium, serve  # noqa: E402
 from shared.auth import SCOPES, LocalKeys  # noqa: E402
 from shared.config import load_settings  # noqa: E402
+from tests.browser_harness import chromium, serve  # noqa: E402
 
 SYNTHEA = ROOT.parent / "shared" / "data" / "fhir" / "synthea"
 PATIENT = "Vito Feeney"

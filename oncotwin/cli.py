@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date
@@ -92,7 +91,7 @@ def _necessity(args: argparse.Namespace) -> int:
     if args.order and len(records) > 1:  # several patients, no --patient: the one whose order it is
         records = [r for r in records if any(o.reference == args.order for o in r.orders)] or records[:1]
     queries = _queries()
-    client = LLMClient.from_env(os.environ)
+    client = LLMClient.from_settings(load_settings())
     judge = LLMJury(client) if client is not None else NoJudge()
     outputs = [assess(rec, queries, orders_to_review(rec, args.order), judge) for rec in records]
     _emit(outputs, render_text, args.format)

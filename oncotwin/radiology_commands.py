@@ -136,12 +136,11 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _llm_classify(args: argparse.Namespace) -> int:
-    import os
 
     from services.radiology.llm_path import ADAPTER_NAME, classify_with_llm, write_predictions
     from shared.llm import LLMClient
 
-    client = LLMClient.from_env(os.environ)
+    client = LLMClient.from_settings(load_settings())
     if client is None:
         raise ConfigError("LLM_BASE_URL is not set: the LLM path needs a served model (vLLM with the adapter)")
     reports = _read_reports(_existing(Path(args.file), "input"))

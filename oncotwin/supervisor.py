@@ -38,6 +38,7 @@ def worker_command(concurrency: int, loglevel: str = "WARNING") -> list[str]:
 
 class WorkerSupervisor:
     def __init__(self, command: list[str], env: Mapping[str, str] | None = None, max_backoff_s: float = 30.0) -> None:
+        # Not a settings read: the children inherit the environment as it is (they load their own Settings).
         self._command, self._env = command, dict(env if env is not None else os.environ)
         self._max_backoff_s = max_backoff_s
         self._stopping = threading.Event()

@@ -53,6 +53,7 @@ def run_embedded(host: str, port: int, workers: int, task_workers: int = 2) -> i
     from oncotwin.app import create_app
     from oncotwin.supervisor import start_process, stop_process
 
+    # Not a settings read: it *sets* the default PATIENT_DATA_DIR for this process and the ones it starts.
     patients_note = default_patient_data(os.environ)
     settings = load_settings()
     app = create_app(settings)

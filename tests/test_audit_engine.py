@@ -527,7 +527,7 @@ def test_the_reports_carry_the_review_fields(determined: tuple[Auditor, str]) ->
 def test_the_html_filters_and_details_work_in_a_browser_under_the_report_policy(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from services.dashboard.testing import chromium, chromium_path
+    from tests.browser_harness import chromium, chromium_path
 
     if chromium_path() is None:
         pytest.skip("chromium is not installed (make browser)")

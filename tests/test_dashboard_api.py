@@ -24,11 +24,11 @@ from flask.testing import FlaskClient
 from services.dashboard.app import EXT, SESSION_COOKIE
 from services.dashboard.patients import FolderSource, split_inputs
 from services.dashboard.sessions import SessionStore
-from services.dashboard.testing import serve
 from shared.auth import Principal
 from shared.config import Settings, load_settings
 from shared.errors import ConfigError, UpstreamError
 from shared.ttl_store import MemoryTtlStore, RedisTtlStore
+from tests.browser_harness import serve
 from tests.conftest import FHIR, SYNTHEA, requires_data
 
 REDIS = "redis://127.0.0.1:6379/12"  # the local server (.ci/run starts it), a database of its own

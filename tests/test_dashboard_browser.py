@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from services.dashboard.testing import chromium, chromium_path, serve
 from shared.auth import SCOPES, LocalKeys
 from shared.config import load_settings
+from tests.browser_harness import chromium, chromium_path, serve
 from tests.conftest import FHIR, requires_data
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "var" / "test-artifacts" / "dashboard"
