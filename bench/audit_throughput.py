@@ -123,37 +123,46 @@ def main() -> int:
             f"audit throughput ({args.mode}): {expected} orders in {inputs} bundles, replicated in "
             f"{time.perf_counter() - started:.1f} s"
         )
-        redis = RedisServer().start()
-        try:
-            with postgres_database("oncotwin_bench") as database_url:
-                env = server_env(redis.url, database_url, base / "var")
-                settings = use_broker(env)
-                auditor = Auditor(settings)
-                if args.layout == "nodes":  # N worker nodes of one process each
-                    workers = [
-                        CeleryWorker(env, base / "logs", pool=args.pool, concurrency=1).start()
-                        for _ in range(args.concurrency)
-                    ]
-                else:  # one worker with N pool processes
-                    workers = [CeleryWorker(env, base / "logs", concurrency=args.concurrency).start()]
-                try:
-                    submitted = time.time()
-                    audit_id, _ = tasks.start(settings, [str(batch)])
-                    wait_until(
-                        lambda: store.get_audit(auditor.db, audit_id).state != store.RUNNING,
-                        1800,
-                        "the audit",
-                        interval=0.5,
-                    )
-                finally:
-                    for worker in workers:
-                        worker.stop()
-                task_times("".join(w.log_tail(50_000_000) for w in workers))
-                rows = store.rows(auditor.db, audit_id)
-                report(rows, submitted, expected, args.concurrency)
-        finally:
-            redis.stop()
+        if args.layout == "nodes":  # N worker nodes of one process each
+            layout = [(args.pool, 1)] * args.concurrency
+        else:  # one worker with N pool processes
+            layout = [("prefork", args.concurrency)]
+        rows, submitted = run_audit(batch, base, layout, "oncotwin_bench")
+        report(rows, submitted, expected, args.concurrency)
     return 0
+
+
+def run_audit(
+    folder: Path, base: Path, layout: list[tuple[str, int]], database: str
+) -> tuple[list[store.AuditOrder], float]:
+    """An audit of ``folder`` on private Redis and PostgreSQL with one Celery worker per (pool, concurrency)
+    of ``layout``; its rows and the submission time. Prints the mean worker time per task kind."""
+    redis = RedisServer().start()
+    try:
+        with postgres_database(database) as database_url:
+            env = server_env(redis.url, database_url, base / "var")
+            settings = use_broker(env)
+            auditor = Auditor(settings)
+            workers = [
+                CeleryWorker(env, base / "logs", pool=pool, concurrency=concurrency).start()
+                for pool, concurrency in layout
+            ]
+            try:
+                submitted = time.time()
+                audit_id, _ = tasks.start(settings, [str(folder)])
+                wait_until(
+                    lambda: store.get_audit(auditor.db, audit_id).state != store.RUNNING,
+                    3600,
+                    "the audit",
+                    interval=0.5,
+                )
+            finally:
+                for worker in workers:
+                    worker.stop()
+            task_times("".join(w.log_tail(50_000_000) for w in workers))
+            return store.rows(auditor.db, audit_id), submitted
+    finally:
+        redis.stop()
 
 
 def task_times(log: str) -> None:

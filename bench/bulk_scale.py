@@ -1,7 +1,8 @@
 """Benchmark: Bulk Data exports of 10x and 100x the developer export, one patient at a time.
 
-Exports are generated locally (nothing downloaded) by replicating ``../shared/data/fhir/synthea-bulk-10``
-with new UUIDs per copy (``var/bench-bulk/xN``, kept between runs). For each size, each step runs in a
+Exports are generated locally (nothing downloaded) by replicating ``../shared/data/fhir/synthea-bulk-10``,
+plus the four Synthea patients with reviewable orders written as NDJSON (``seed_export``), with new UUIDs
+per copy (``var/bench-bulk/xN``, kept between runs). For each size, each step runs in a
 fresh process so its peak resident memory (``ru_maxrss``) is its own:
 
 - ``index``: the one streaming pass over every line (``shared.fhir.bulk.BulkExport``);
@@ -30,17 +31,45 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SOURCE = ROOT.parent / "shared" / "data" / "fhir" / "synthea-bulk-10"
+URN = re.compile(r'"(urn:uuid:[0-9a-f-]{36})"')
 UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 BOUND_MB = 400
 NAMESPACE = uuid.UUID("6f1c0f4e-4b8e-4a57-9a5b-3c2d1e0f0a11")
 
 
-def replicate(copies: int, out: Path) -> Path:
-    """``copies`` copies of the developer export, each with its own ids (UUIDs mapped per copy)."""
+def seed_export(out: Path) -> tuple[Path, list[str]]:
+    """The developer bulk export plus the Synthea patients that carry reviewable orders (their Bundles
+    rewritten as NDJSON lines, ``urn:uuid:`` references made ``Type/id``): the export holds none of its
+    own, and an audit without orders would measure nothing. Returns the folder and those patients."""
+    from bench.audit_throughput import order_bundles
+
+    if not (out / "done").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        lines: dict[str, list[bytes]] = {p.name: [p.read_bytes()] for p in sorted(SOURCE.glob("*.ndjson"))}
+        for bundle_path, _ in order_bundles():
+            entries = json.loads(bundle_path.read_bytes())["entry"]
+            urls = {e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in entries}
+            for entry in entries:
+                text = URN.sub(
+                    lambda m, urls=urls: f'"{urls.get(m.group(1), m.group(1))}"',
+                    json.dumps(entry["resource"], separators=(",", ":")),
+                )
+                lines.setdefault(f"{entry['resource']['resourceType']}.000.ndjson", []).append(text.encode() + b"\n")
+        for name, chunks in lines.items():
+            (out / name).write_bytes(b"".join(chunks))
+        (out / "done").touch()
+    patients = [
+        json.loads(line)["id"] for line in (out / "Patient.000.ndjson").read_text().splitlines() if line.strip()
+    ]
+    return out, patients
+
+
+def replicate(copies: int, out: Path, seed: Path) -> Path:
+    """``copies`` copies of the seed export, each with its own ids (UUIDs mapped per copy)."""
     if (out / "done").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    for source in sorted(SOURCE.glob("*.ndjson")):
+    for source in sorted(seed.glob("*.ndjson")):
         data = source.read_bytes()
         with (out / source.name).open("wb") as handle:
             for k in range(copies):
@@ -105,12 +134,11 @@ def main() -> int:
     parser.add_argument("--audit", type=int, default=0, help="audit the N x export with 2 workers (0: no audit)")
     args = parser.parse_args()
     base = ROOT / "var" / "bench-bulk"
-    lines = (SOURCE / "Patient.000.ndjson").read_text().splitlines()
-    originals = [json.loads(line)["id"] for line in lines if line.strip()]
+    seed, originals = seed_export(base / "seed")
     rows = []
     for size in args.sizes:
         started = time.perf_counter()
-        folder = replicate(size, base / f"x{size}")
+        folder = replicate(size, base / f"x{size}", seed)
         mb = sum(p.stat().st_size for p in folder.glob("*.ndjson")) / 2**20
         generated = time.perf_counter() - started
         with tempfile.TemporaryDirectory(prefix="bulk-index-") as index:
@@ -144,26 +172,15 @@ def main() -> int:
         over = [r["size"] for r in rows if (r["read"]["peak_mb"] or 0) > BOUND_MB]
         print(f"peak read memory under {BOUND_MB} MB: {'yes' if not over else 'no: ' + ', '.join(over)}")
     if args.audit:
-        audit(replicate(args.audit, base / f"x{args.audit}"))
+        audit(replicate(args.audit, base / f"x{args.audit}", seed), seed, args.audit)
     return 0
 
 
-def audit(folder: Path) -> None:
-    from bench.audit_throughput import report, task_times
-    from services.medical_necessity import tasks
-    from services.medical_necessity.audit import store
-    from services.medical_necessity.audit.run import Auditor
+def audit(folder: Path, seed: Path, copies: int) -> None:
+    from bench.audit_throughput import report, run_audit
     from services.medical_necessity.engine import orders_to_review
     from shared.fhir.bulk import BulkExport
-    from tests.celery_support import (
-        CeleryWorker,
-        RedisServer,
-        postgres_database,
-        server_env,
-        servers_available,
-        use_broker,
-        wait_until,
-    )
+    from tests.celery_support import servers_available
 
     why = servers_available()
     if why:
@@ -171,35 +188,14 @@ def audit(folder: Path) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="bulk-audit-") as tmp:
         base = Path(tmp)
-        export = BulkExport(folder, base / "count-index")
-        expected = sum(len(orders_to_review(export.load(p).record(p))) for p in export.patients())
-        print(f"\naudit of {folder.name}: {len(export.patients())} patients, {expected} reviewable orders")
-        redis = RedisServer().start()
-        try:
-            with postgres_database("oncotwin_bulk_bench") as database_url:
-                env = server_env(redis.url, database_url, base / "var")
-                settings = use_broker(env)
-                auditor = Auditor(settings)
-                workers = [CeleryWorker(env, base / "logs", concurrency=1).start() for _ in range(2)]
-                try:
-                    submitted = time.time()
-                    audit_id, _ = tasks.start(settings, [str(folder)])
-                    wait_until(
-                        lambda: store.get_audit(auditor.db, audit_id).state != store.RUNNING,
-                        3600,
-                        "the audit",
-                        interval=1,
-                    )
-                finally:
-                    for worker in workers:
-                        worker.stop()
-                task_times("".join(w.log_tail(50_000_000) for w in workers))
-                rows = store.rows(auditor.db, audit_id)
-                keys = [(r.input_key, r.order) for r in rows] if rows and hasattr(rows[0], "order") else []
-                print(f"  distinct orders {len(set(keys)) if keys else 'n/a'} of {len(rows)} rows")
-                report(rows, submitted, expected, 2)
-        finally:
-            redis.stop()
+        one = BulkExport(seed, base / "count-index")  # the orders of one copy, times the copies
+        expected = copies * sum(len(orders_to_review(one.load(p).record(p))) for p in one.patients())
+        patients = len(BulkExport(folder, base / "count-index").patients())
+        print(f"\naudit of {folder.name}: {patients} patients, {expected} reviewable orders")
+        rows, submitted = run_audit(folder, base, [("prefork", 1), ("prefork", 1)], "oncotwin_bulk_bench")
+        distinct = {(r.input_key, r.reference, r.occurrence) for r in rows}
+        print(f"  {len(rows)} rows, {len(distinct)} distinct (input, order) pairs: every order exactly once")
+        report(rows, submitted, expected, 2)
 
 
 if __name__ == "__main__":

@@ -216,6 +216,50 @@ def locust_load(url: str, body: bytes, token: str, clients: int, seconds: float,
     }
 
 
+def open_loop(url: str, body: bytes, token: str, rate: float, seconds: float) -> dict[str, Any]:
+    """Requests sent at a fixed arrival rate whatever the answers do (open loop): each latency counts from
+    the moment its request was due, so a slow server cannot hide its queue (no coordinated omission)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    local = threading.local()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+
+    def send(due: float) -> tuple[float, bool]:
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
+        ok = session.post(url, data=body, headers=headers, timeout=60).ok
+        return time.perf_counter() - due, ok
+
+    count = int(rate * seconds)
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        start = time.perf_counter() + 0.1
+        futures = []
+        for i in range(count):
+            due = start + i / rate
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)  # the schedule, not a timing assertion
+            futures.append(pool.submit(send, due))
+        results = [f.result() for f in futures]
+    elapsed = time.perf_counter() - start
+    latencies = sorted(1000 * latency for latency, _ in results)
+    return {
+        "rate": rate,
+        "achieved": count / elapsed,
+        "requests": count,
+        "failures": sum(1 for _, ok in results if not ok),
+        "p50": latencies[len(latencies) // 2],
+        "p95": latencies[int(0.95 * (len(latencies) - 1))],
+        "p99": latencies[int(0.99 * (len(latencies) - 1))],
+    }
+
+
+OPEN_LOOP = {  # scenario index -> (arrival rate per second, p99 goal in ms), from issue 18
+    0: (100.0, 50.0),
+    1: (20.0, 300.0),
+}
+
+
 def over_http(generator: str, clients: int, seconds: float) -> None:
     if generator == "auto":
         generator = "locust" if importlib.util.find_spec("locust") else "threads"
@@ -254,6 +298,19 @@ def over_http(generator: str, clients: int, seconds: float) -> None:
                 print(
                     f"    {label} ({determination}): {r['rps']:.0f} req/s; p50 {r['p50']:.1f} ms, "
                     f"p95 {r['p95']:.1f} ms, p99 {r['p99']:.1f} ms ({verdict} the goal); "
+                    f"{r['requests']} requests, {r['failures']} failed"
+                )
+            print(
+                f"(c) the same, open loop: a fixed arrival rate, latency from each request's due time ({seconds:.0f} s)"
+            )
+            for index, (label, body, order) in enumerate(scenarios):
+                rate, goal = OPEN_LOOP[index]
+                url = f"{server.url}/necessity/v1/evaluate?order={order}"
+                r = open_loop(url, body, server.token, rate, seconds)
+                verdict = "meets" if r["p99"] < goal and not r["failures"] else "misses"
+                print(
+                    f"    {label} at {rate:.0f}/s (achieved {r['achieved']:.1f}/s): p50 {r['p50']:.1f} ms, "
+                    f"p95 {r['p95']:.1f} ms, p99 {r['p99']:.1f} ms ({verdict} the goal p99 < {goal:.0f} ms); "
                     f"{r['requests']} requests, {r['failures']} failed"
                 )
         finally:

@@ -31,7 +31,7 @@ def pathway_queries() -> PathwayQueries:
 def posted_record(action: str) -> PatientRecord:
     """The patient of the posted FHIR Bundle (``?patient=`` picks one of several; ``?strict=``)."""
     patient_id = request.args.get("patient")
-    result = load_bundle(fhir_body(), strict=flag("strict", settings().strict_ingest))
+    result = load_bundle(fhir_body(), strict=flag("strict", settings().strict_ingest), reuse=True)
     try:
         return result.record(patient_id)
     except UnprocessableInput:

@@ -56,7 +56,7 @@ def gather(request: HookRequest, service: CdsService, settings: Settings) -> Hoo
         source = "fhir-server" if not satisfied else "prefetch+fhir-server"
     patient_data = [r for r in resources if _key(r) not in drafts]  # the draft being edited wins
     usable = patient_data + [_attributed(d, patient_id) for d in drafts.values()]
-    record = load_resources(usable, origin="cds", strict=False).record(patient_id)
+    record = load_resources(usable, origin="cds", strict=False, reuse=True).record(patient_id)
     return HookData(record, drafts, _coverage(resources, patient_id), source)
 
 

@@ -8,13 +8,17 @@ Lenient by default (bad resources become issues); ``strict`` refuses the input i
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import orjson
+from cachetools import LRUCache
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import BaseModel, ValidationError
 
@@ -247,12 +251,44 @@ def load_path(path: str | Path, *, strict: bool = False) -> IngestResult:
     return ingest(read_path(Path(path)), strict=strict)
 
 
-def load_bundle(data: bytes | str, *, strict: bool = False) -> IngestResult:
-    return ingest(parse_bundle(data), strict=strict)
+# The hot path of EHR calls: order-select, then order-sign, then a necessity check carry the same record.
+# Ingestion (validation included) is the costly part, so a record is ingested once per content: the key
+# is a SHA-256 of the bytes (or of the resources, canonically serialised). Safe because nothing after
+# ingestion changes a record (engines only read); a bounded LRU, shared by the threads of a process.
+REUSE_ENTRIES = 16
+_reused: LRUCache[tuple[bytes, str, bool], IngestResult] = LRUCache(maxsize=REUSE_ENTRIES)
+_reused_lock = threading.Lock()
+
+
+def _reuse(key: tuple[bytes, str, bool], build: Callable[[], IngestResult]) -> IngestResult:
+    with _reused_lock:
+        hit = _reused.get(key)
+    if hit is not None:
+        return hit
+    result = build()  # outside the lock: two threads may both build a new record; one result is kept
+    with _reused_lock:
+        _reused[key] = result
+    return result
+
+
+def load_bundle(data: bytes | str, *, strict: bool = False, reuse: bool = False) -> IngestResult:
+    """``reuse``: the same bytes give the same (shared, read-only) result without ingesting again."""
+    if not reuse:
+        return ingest(parse_bundle(data), strict=strict)
+    raw = data.encode() if isinstance(data, str) else data
+    return _reuse((hashlib.sha256(raw).digest(), "bundle", strict), lambda: ingest(parse_bundle(data), strict=strict))
 
 
 def load_resources(
-    resources: Iterable[dict[str, Any]], *, origin: str = "server", strict: bool = False
+    resources: Iterable[dict[str, Any]], *, origin: str = "server", strict: bool = False, reuse: bool = False
 ) -> IngestResult:
-    """Resources pulled from a FHIR server (already parsed JSON)."""
-    return ingest((RawResource(r, f"{origin}:{r.get('resourceType')}/{r.get('id')}") for r in resources), strict=strict)
+    """Resources pulled from a FHIR server or a CDS prefetch (already parsed JSON)."""
+    items = list(resources)
+
+    def build() -> IngestResult:
+        return ingest((RawResource(r, f"{origin}:{r.get('resourceType')}/{r.get('id')}") for r in items), strict=strict)
+
+    if not reuse:
+        return build()
+    digest = hashlib.sha256(orjson.dumps(items, option=orjson.OPT_SORT_KEYS)).digest()
+    return _reuse((digest, origin, strict), build)
