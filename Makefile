@@ -49,6 +49,7 @@ bench: install-dev browser
 	$(PY) bench/radiology.py
 	$(PY) bench/dashboard.py
 	$(PY) bench/limits.py
+	$(PY) bench/bulk_scale.py --sizes 10 100 --audit 100
 
 # The medical-necessity evaluation set: accuracy overall, per cancer, per determination, confusion matrix.
 eval: install-dev
