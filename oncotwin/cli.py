@@ -45,7 +45,7 @@ def _records(args: argparse.Namespace) -> list[PatientRecord]:
 
     path = Path(args.path)
     if args.patient and is_bulk_export(path):
-        export = BulkExport(path, load_settings().data_dir / "bulk-index")
+        export = BulkExport(path, load_settings().bulk_index_dir)
         try:
             return [export.load(args.patient, strict=args.strict).record(args.patient)]
         finally:

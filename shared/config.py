@@ -195,6 +195,11 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
 
     @property
+    def bulk_index_dir(self) -> Path:
+        """The on-disk indexes of Bulk Data exports (``shared.fhir.bulk``), one file per export version."""
+        return self.data_dir / "bulk-index"
+
+    @property
     def broker_url(self) -> str:
         return self.celery_broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
 

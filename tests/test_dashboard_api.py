@@ -21,15 +21,17 @@ import pytest
 from flask import Flask, jsonify, redirect, request
 from flask.testing import FlaskClient
 
+from services.clinical_history.timeline import build_timeline
 from services.dashboard.app import EXT, SESSION_COOKIE
 from services.dashboard.patients import FolderSource, split_inputs
 from services.dashboard.sessions import SessionStore
 from shared.auth import Principal
 from shared.config import Settings, load_settings
 from shared.errors import ConfigError, UpstreamError
+from shared.fhir.ingest import load_path
 from shared.ttl_store import MemoryTtlStore, RedisTtlStore
 from tests.browser_harness import serve
-from tests.conftest import FHIR, SYNTHEA, requires_data
+from tests.conftest import BULK, FHIR, SYNTHEA, requires_data
 
 REDIS = "redis://127.0.0.1:6379/12"  # the local server (.ci/run starts it), a database of its own
 
@@ -298,6 +300,22 @@ def test_folder_is_split_into_inputs() -> None:
     assert source.load(sherman.id).record is first.record  # cached
     source.load(vito.id)
     assert source.load(sherman.id).record is not first.record  # evicted by the bound of 1
+
+
+@requires_data
+def test_a_patient_of_a_bulk_export_is_read_alone(tmp_path: Path) -> None:
+    """The dashboard reads one exported patient through the export's index, never the whole export."""
+    source = FolderSource(BULK, cache_inputs=4, index_dir=tmp_path)
+    entries = list(source.entries().values())
+    assert len(entries) == 13
+    whole = load_path(BULK)
+    for entry in entries[:3]:
+        loaded = source.load(entry.id)
+        assert build_timeline(loaded.record).to_json() == build_timeline(whole.record(entry.fhir_id)).to_json()
+        own = {key for key, resource in loaded.resources.items() if resource["resourceType"] == "Patient"}
+        assert own == {f"Patient/{entry.fhir_id}"}  # nobody else's record was read
+    assert source.load(entries[0].id).record is source.load(entries[0].id).record  # cached per patient
+    assert list(tmp_path.glob("*.sqlite"))  # through the on-disk index
 
 
 def test_smart_settings_fail_fast() -> None:
@@ -674,10 +692,10 @@ def test_ingesting_one_input_does_not_block_other_patients(tmp_path: Path, monke
     started, release = threading.Event(), threading.Event()
     original = patients_module.ingest
 
-    def slow_ingest(raws: Any, strict: bool = True) -> Any:
+    def slow_ingest(raws: Any, strict: bool = True, problems: Any = ()) -> Any:
         started.set()
         release.wait(10)
-        return original(raws, strict=strict)
+        return original(raws, strict=strict, problems=problems)
 
     monkeypatch.setattr(patients_module, "ingest", slow_ingest)
     big = threading.Thread(target=source.load, args=(ids["big"],))

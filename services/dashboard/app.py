@@ -90,7 +90,7 @@ class Dashboard:
     def __init__(self, app_settings: Settings) -> None:
         self.sessions = SessionStore(ttl_store(app_settings, "oncotwin:dashboard:session:"))
         root = app_settings.patient_data_dir or app_settings.data_dir / "patients"
-        self.folder = FolderSource(root, app_settings.dashboard_cache_inputs)
+        self.folder = FolderSource(root, app_settings.dashboard_cache_inputs, app_settings.bulk_index_dir)
         launches = ttl_store(app_settings, "oncotwin:dashboard:smart:", MAX_PENDING)
         self.smart = SmartLauncher(app_settings, pending=launches) if app_settings.smart_client_id else None
         self.pages: OrderedDict[tuple[str, frozenset[str], str], dict[str, Any]] = OrderedDict()

@@ -1,9 +1,11 @@
 """Where the dashboard's patients come from: a folder of FHIR inputs (embedded default) or a FHIR server.
 
 A folder is split into *inputs* the way ``shared.fhir.parse.read_path`` reads them: a Bundle file is
-one input; a folder holding NDJSON or single-resource files (a Bulk Data export, IG examples) is one
-input. The patient list is read lazily (Patient resources only) and ingestion, the slow part, happens
-per input on first use and is kept in a bounded LRU cache.
+one input; a folder holding NDJSON or single-resource files (IG examples) is one input. A Bulk Data
+export (a folder of NDJSON only) is read one patient at a time through its on-disk index
+(``shared.fhir.bulk``), never whole. The patient list is read lazily (Patient resources only) and
+ingestion, the slow part, happens per input (or exported patient) on first use and is kept in a
+bounded LRU cache.
 
 Patients get opaque ids (a hash of the input and the FHIR id) so that URLs never carry names or
 file paths. Nothing here imports Flask.
@@ -23,9 +25,10 @@ from typing import Any
 from cachetools import LRUCache
 
 from shared.errors import NotFound
+from shared.fhir.bulk import BulkExport, is_bulk_export
 from shared.fhir.ingest import IngestResult, ingest, load_resources
 from shared.fhir.parse import RawResource, read_path
-from shared.fhir.record import ClinicalNote, PatientRecord
+from shared.fhir.record import ClinicalNote, IngestIssue, PatientRecord
 from shared.fhir.references import ReferenceIndex
 
 OPAQUE_ID = re.compile(r"^(?:[0-9a-f]{24}|s-[A-Za-z0-9\-.]{1,64})$")
@@ -144,14 +147,16 @@ def _patients_of(input_path: Path) -> Iterator[dict[str, Any]]:
 class FolderSource:
     """Patients of a folder of FHIR inputs, with a bounded cache of ingested inputs."""
 
-    def __init__(self, root: Path, cache_inputs: int = 8) -> None:
+    def __init__(self, root: Path, cache_inputs: int = 8, index_dir: Path | None = None) -> None:
         self.root = root
         self.cache_inputs = cache_inputs
+        self.index_dir = index_dir  # the indexes of Bulk Data exports (None: the system's temporary folder)
         self._lock = threading.Lock()  # the patient list
         self._cache_lock = threading.Lock()  # the cache of ingested inputs (held briefly)
-        self._input_locks: dict[Path, threading.Lock] = {}  # one per input: ingesting one blocks no other
+        # one per input (or per patient of an export): ingesting one blocks no other
+        self._input_locks: dict[tuple[Path, str | None], threading.Lock] = {}
         self._entries: dict[str, PatientEntry] | None = None
-        self._loaded: LRUCache[Path, LoadedInput] = LRUCache(max(1, cache_inputs))
+        self._loaded: LRUCache[tuple[Path, str | None], LoadedInput] = LRUCache(max(1, cache_inputs))
 
     def entries(self) -> dict[str, PatientEntry]:
         with self._lock:
@@ -180,36 +185,47 @@ class FolderSource:
         entry = self.find(opaque)
         if entry.input is None:  # folder entries always name their input; a guard, not a path taken
             raise NotFound("no such patient")
-        loaded = self._load_input(entry.input)
+        patient = entry.fhir_id if is_bulk_export(entry.input) else None
+        loaded = self._load_input(entry.input, patient)
         record = loaded.result.record(entry.fhir_id)
         return LoadedPatient(entry, record, loaded.resources, loaded.notes)
 
-    def _cached(self, input_path: Path) -> LoadedInput | None:
+    def _cached(self, key: tuple[Path, str | None]) -> LoadedInput | None:
         with self._cache_lock:
-            return self._loaded.get(input_path)
+            return self._loaded.get(key)
 
-    def _load_input(self, input_path: Path) -> LoadedInput:
-        cached = self._cached(input_path)
+    def _raws(self, input_path: Path, patient: str | None) -> tuple[list[RawResource], list[IngestIssue]]:
+        if patient is None:
+            return list(read_path(input_path)), []
+        export = BulkExport(input_path, self.index_dir)
+        try:
+            return list(export.raws(patient)), export.problems()
+        finally:
+            export.close()
+
+    def _load_input(self, input_path: Path, patient: str | None = None) -> LoadedInput:
+        key = (input_path, patient)
+        cached = self._cached(key)
         if cached is not None:
             return cached
         with self._cache_lock:
-            input_lock = self._input_locks.setdefault(input_path, threading.Lock())
+            input_lock = self._input_locks.setdefault(key, threading.Lock())
         # Ingest under this input's lock: two requests for one big input must not ingest it twice,
         # while requests for other (cached or small) inputs go on.
         with input_lock:
-            cached = self._cached(input_path)
+            cached = self._cached(key)
             if cached is not None:
                 return cached
-            raws: list[RawResource] = list(read_path(input_path))
+            raws, problems = self._raws(input_path, patient)
             index = ReferenceIndex()
             for raw in raws:
                 index.add(raw, with_identifiers=False)
-            result = ingest(raws, strict=False)
+            result = ingest(raws, strict=False, problems=problems)
             loaded = LoadedInput(result, {k: r.resource for k, r in index.by_key.items()})
             loaded.notes = {n.source: n for rec in result.records for n in rec.notes}
             if self.cache_inputs >= 1:
                 with self._cache_lock:
-                    self._loaded[input_path] = loaded
+                    self._loaded[key] = loaded
             return loaded
 
 

@@ -129,11 +129,6 @@ def enumerate_paths(paths: Sequence[str | Path], root: Path | None = None, index
     return list(dict.fromkeys(refs))
 
 
-def bulk_index_dir(settings: Settings) -> Path:
-    """Where the indexes of Bulk Data exports live (one SQLite file per export and version)."""
-    return settings.data_dir / "bulk-index"
-
-
 def search_ref(query: str | dict[str, str]) -> str:
     """``fhir-search:`` reference for a Patient search, parameters checked and normalised."""
     pairs = list(query.items()) if isinstance(query, dict) else parse_qsl(query, keep_blank_values=False)
@@ -177,7 +172,7 @@ def read_input(ref: str, settings: Settings) -> list[PatientRecord]:
         return ingest(_folder_raws(Path(rest)), strict=settings.strict_ingest).records
     if kind == "bulk":
         folder, _, patient = rest.rpartition("#")
-        export = BulkExport(folder, bulk_index_dir(settings))
+        export = BulkExport(folder, settings.bulk_index_dir)
         try:
             return export.load(patient, strict=settings.strict_ingest).records
         finally:

@@ -23,7 +23,6 @@ from services.medical_necessity.audit import store
 from services.medical_necessity.audit.inputs import (
     SEARCH,
     RecordCache,
-    bulk_index_dir,
     enumerate_paths,
     expand_search,
     key,
@@ -131,7 +130,7 @@ class Auditor:
             raise InvalidInput(
                 "FHIR searches need a FHIR server (FHIR_BASE_URL is not set)", issue_code="not-supported"
             )
-        refs = enumerate_paths(paths, root, bulk_index_dir(self.settings)) if paths else []
+        refs = enumerate_paths(paths, root, self.settings.bulk_index_dir) if paths else []
         refs += [search_ref(s) for s in searches]
         if not refs:
             raise InvalidInput("name at least one input (a path or a FHIR search)", issue_code="required")
