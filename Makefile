@@ -71,6 +71,7 @@ bench-llm: install-dev vllm-venv
 lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	cd services/llm && ../../$(VENV)/bin/mypy dsbd --ignore-missing-imports --explicit-package-bases
 

@@ -665,13 +665,13 @@ def test_ehr_page_is_computed_once_for_its_source_clicks(
 
 
 def test_judge_is_built_once(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
-    import services.medical_necessity.app as necessity_app
+    import services.medical_necessity.judge as judge_module
     from services.dashboard.app import _judge
 
     built = []
-    original = necessity_app.judge_from_settings
-    monkeypatch.setattr(necessity_app, "judge_from_settings", lambda s: built.append(1) or original(s))
-    app.extensions.pop(necessity_app.JUDGE, None)
+    original = judge_module.judge_from_settings
+    monkeypatch.setattr(judge_module, "judge_from_settings", lambda s: built.append(1) or original(s))
+    app.extensions.pop(judge_module.JUDGE_EXTENSION, None)
     with app.app_context():
         assert _judge() is _judge() is _judge()
     assert len(built) == 1

@@ -308,7 +308,8 @@ def test_access_log(client, nec, caplog):
 def test_judge_is_built_once_per_app_from_its_settings(settings):
     from dataclasses import replace
 
-    from services.medical_necessity.app import JUDGE, create_app
+    from services.medical_necessity.app import create_app
+    from services.medical_necessity.judge import JUDGE_EXTENSION as JUDGE
     from services.medical_necessity.judge import LLMJury, NoJudge
 
     assert isinstance(create_app(replace(settings, llm_base_url=None)).extensions[JUDGE], NoJudge)

@@ -30,8 +30,9 @@ from services.clinical_history.notes import (
     make_pipeline,
 )
 from services.clinical_history.notes.pipeline import COMPONENTS
-from services.clinical_history.notes.rules import CONTEXT_RULES_PATH, PATTERNS_PATH
+from services.clinical_history.notes.rules import PATTERNS_PATH
 from shared.fhir.record import RXNORM, ClinicalNote, Code, FhirTime
+from shared.nlp.rules import CONTEXT_RULES_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
 BULK = ROOT.parent / "shared/data/fhir/synthea-bulk-10"

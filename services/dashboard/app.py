@@ -48,7 +48,7 @@ from services.dashboard.patients import (
 from services.dashboard.payload import pathway_view, patient_page, source_view
 from services.dashboard.sessions import Session, SessionStore
 from services.dashboard.smart import MAX_PENDING, PENDING_TTL_S, SmartLauncher
-from services.medical_necessity.judge import Judge
+from services.medical_necessity.judge import Judge, app_judge
 from services.web import pathway_queries
 from shared.access_log import log_access
 from shared.auth import Principal, TokenVerifier
@@ -379,12 +379,7 @@ def _load(pid: str) -> LoadedPatient:
 
 
 def _judge() -> Judge:
-    from services.medical_necessity.app import JUDGE, judge_from_settings
-
-    judge: Judge | None = current_app.extensions.get(JUDGE)
-    if judge is None:
-        judge = current_app.extensions.setdefault(JUDGE, judge_from_settings(settings()))
-    return judge
+    return app_judge(current_app.extensions, settings())
 
 
 def _page_data(pid: str) -> tuple[LoadedPatient, dict[str, Any]]:

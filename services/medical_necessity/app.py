@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import cast
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from flask.blueprints import BlueprintSetupState
@@ -11,23 +10,22 @@ from flask.blueprints import BlueprintSetupState
 from services.guidance import necessity_bundle, parse_format
 from services.medical_necessity.audit_app import blueprint as audits
 from services.medical_necessity.engine import assess, orders_to_review
-from services.medical_necessity.judge import Judge, judge_from_settings
+from services.medical_necessity.judge import app_judge
 from services.medical_necessity.openapi import openapi_document
 from services.web import answer, pathway_queries, posted_record
 from shared.access_log import log_access
 from shared.config import Settings, limits
 from shared.errors import InvalidInput, Problem, UnprocessableInput
-from shared.http import make_app, principal, require
+from shared.http import make_app, principal, require, settings
 
 blueprint = Blueprint("necessity", __name__, url_prefix="/necessity/v1")
 ACTION = "necessity.evaluate"
-JUDGE = "oncotwin.necessity.judge"
 ORDER_REF = re.compile(r"^(MedicationRequest|ServiceRequest)/[A-Za-z0-9\-.]{1,64}$")
 
 
 @blueprint.record_once
 def _build_judge(state: BlueprintSetupState) -> None:
-    state.app.extensions.setdefault(JUDGE, judge_from_settings(state.app.extensions["oncotwin.settings"]))  # once
+    app_judge(state.app.extensions, state.app.extensions["oncotwin.settings"])  # once, at registration
 
 
 def parse_order(raw: str | None) -> str | None:
@@ -69,7 +67,7 @@ def evaluate() -> Response:
     except UnprocessableInput:
         log_access(principal(), ACTION, record.id, "too-many-orders", g.request_id)
         raise
-    necessity = assess(record, pathway_queries(), orders, cast(Judge, current_app.extensions[JUDGE]))
+    necessity = assess(record, pathway_queries(), orders, app_judge(current_app.extensions, settings()))
     log_access(principal(), ACTION, record.id, "ok", g.request_id)
     return answer(output, necessity, necessity_bundle)
 

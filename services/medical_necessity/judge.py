@@ -141,3 +141,15 @@ def judge_from_settings(settings: Settings) -> Judge:
     """An LLM jury when ``LLM_BASE_URL`` is set, else nobody (free-text criteria go to review)."""
     client = LLMClient.from_settings(settings)
     return LLMJury(client) if client is not None else NoJudge()
+
+
+JUDGE_EXTENSION = "oncotwin.necessity.judge"
+
+
+def app_judge(extensions: dict[str, Any], settings: Settings) -> Judge:
+    """The app's one judge (``judge_from_settings``), built on first use and kept in its extensions: the
+    necessity routes and the dashboard share it, and with it the LLM client's circuit breaker."""
+    judge: Judge | None = extensions.get(JUDGE_EXTENSION)
+    if judge is None:
+        judge = extensions.setdefault(JUDGE_EXTENSION, judge_from_settings(settings))
+    return judge

@@ -32,8 +32,8 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.tokens import Span as SpacySpan
 
-from services.clinical_history.notes.context import ConText
-from services.clinical_history.notes.rules import load_context_rules
+from shared.nlp.context import ConText
+from shared.nlp.rules import load_context_rules
 
 from .schema import NORMAL, SCHEMAS, Finding, Report, Span, Status, present_statuses
 

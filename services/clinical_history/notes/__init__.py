@@ -10,9 +10,11 @@ Nothing is loaded at import time; the pipeline is built on the first extraction.
 
 from __future__ import annotations
 
+from shared.nlp.rules import NoteRulesError, load_context_rules
+
 from .mention import MentionKind, NoteMention
 from .pipeline import build_pipeline, extract_many, extract_mentions, make_pipeline
-from .rules import NoteRulesError, load_context_rules, load_patterns
+from .rules import load_patterns
 
 __all__ = [
     "MentionKind",

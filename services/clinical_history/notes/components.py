@@ -15,7 +15,8 @@ from spacy.tokens import Doc, Span
 from spacy.util import filter_spans
 from thinc.types import Ints2d
 
-from .context import make_context
+from shared.nlp.context import make_context
+
 from .entity_patterns import BLOCK, word_rules
 
 # Span extensions the pipeline fills in; defaults are what an unmodified mention means.

@@ -19,13 +19,14 @@ from spacy.tokenizer import Tokenizer
 from spacy.tokens import Doc
 
 from shared.fhir.record import RXNORM, ClinicalNote, Code
+from shared.nlp.rules import CONTEXT_RULES_PATH
+from shared.nlp.sentences import sentence_bounds, sentence_starts
 from shared.terminology import terminology
 
 from .components import register_components
 from .entity_patterns import KINDS, entity_patterns
 from .mention import MentionKind, NoteMention
-from .rules import CONTEXT_RULES_PATH, PATTERNS_PATH, load_patterns
-from .sentences import sentence_bounds, sentence_starts
+from .rules import PATTERNS_PATH, load_patterns
 
 SENTENCE_LIMIT = 300
 BATCH_SIZE = 64
