@@ -13,13 +13,13 @@ import hmac
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import jwt
+from cachetools import LRUCache, TTLCache
 from flask import (
     Blueprint,
     Flask,
@@ -93,10 +93,13 @@ class Dashboard:
         self.folder = FolderSource(root, app_settings.dashboard_cache_inputs, app_settings.bulk_index_dir)
         launches = ttl_store(app_settings, "oncotwin:dashboard:smart:", MAX_PENDING)
         self.smart = SmartLauncher(app_settings, pending=launches) if app_settings.smart_client_id else None
-        self.pages: OrderedDict[tuple[str, frozenset[str], str], dict[str, Any]] = OrderedDict()
-        self.pages_lock = threading.Lock()
+        # Pages of folder patients, per (patient, scopes, day): a bounded LRU shared by the sessions.
+        self.pages: LRUCache[tuple[str, frozenset[str], str], dict[str, Any]] = LRUCache(PAGE_CACHE)
+        self.pages_lock = threading.Lock()  # cachetools caches are not thread-safe
         # A server's patient per session, briefly: "show the source" clicks must not re-pull the record.
-        self.server_pages: OrderedDict[tuple[str, str], tuple[float, LoadedPatient, dict[str, Any]]] = OrderedDict()
+        self.server_pages: TTLCache[tuple[str, str], tuple[LoadedPatient, dict[str, Any]]] = TTLCache(
+            PAGE_CACHE, SERVER_PAGE_TTL_S
+        )
 
 
 def _state() -> Dashboard:
@@ -395,25 +398,19 @@ def _page_data(pid: str) -> tuple[LoadedPatient, dict[str, Any]]:
         page = patient_page(loaded, pathway_queries(), _judge(), session.principal.scopes)
         with state.pages_lock:
             state.pages[key] = page
-            while len(state.pages) > PAGE_CACHE:
-                state.pages.popitem(last=False)
     return loaded, page
 
 
 def _server_page(session: Session, pid: str) -> tuple[LoadedPatient, dict[str, Any]]:
-    state, key, now = _state(), (session.id, pid), time.monotonic()
+    state, key = _state(), (session.id, pid)
     with state.pages_lock:
-        hit = state.server_pages.get(key)
-        for stale in [k for k, v in state.server_pages.items() if now - v[0] > SERVER_PAGE_TTL_S]:
-            del state.server_pages[stale]
-    if hit is not None and now - hit[0] <= SERVER_PAGE_TTL_S:
-        return hit[1], hit[2]
+        hit = state.server_pages.get(key)  # expired entries are gone (TTLCache)
+    if hit is not None:
+        return hit
     loaded = _load(pid)
     page = patient_page(loaded, pathway_queries(), _judge(), session.principal.scopes)
     with state.pages_lock:
-        state.server_pages[key] = (now, loaded, page)
-        while len(state.server_pages) > PAGE_CACHE:
-            state.server_pages.popitem(last=False)
+        state.server_pages[key] = (loaded, page)
     return loaded, page
 
 
