@@ -150,6 +150,26 @@ def test_a_quote_not_in_the_passages_counts_as_unknown(llm: FakeLLM) -> None:
     assert judgement.verdict == "needs-review"
 
 
+def test_an_answer_outside_the_verdict_contract_is_no_vote(llm: FakeLLM) -> None:
+    """Validated against the same model that gave the schema: an endpoint without structured outputs
+    may answer anything, and only the contract counts."""
+    body = {"verdict": "satisfied", "quote": "disease progression with two new liver lesions", "rationale": "x"}
+
+    def answer(content: dict[str, object]) -> Answer:
+        message = {"role": "assistant", "content": json.dumps(content)}
+        return lambda _: Response(
+            json.dumps({"choices": [{"index": 0, "message": message}]}), mimetype="application/json"
+        )
+
+    llm.script(
+        answer({**body, "confidence": 0.99}),  # an extra key
+        answer({**body, "verdict": "yes"}),  # not one of the verdicts
+        answer(body),
+    )
+    judgement = _jury(llm)(CRITERION, PASSAGES)
+    assert judgement.votes == ("unknown", "unknown", "satisfied")
+
+
 def test_a_quote_of_one_word_or_letter_grounds_nothing(llm: FakeLLM) -> None:
     """A random or lazy model's "e" or "disease" is in almost any excerpt; it must not count as evidence."""
     llm.script(

@@ -19,24 +19,30 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.medical_necessity.passages import Passage
 from shared.config import Settings
 from shared.errors import UpstreamError
 from shared.llm import LLMClient, LLMUnavailable
 
-# Bounded strings: the grammar closes them, so every answer ends as valid JSON within the token budget.
-VERDICT_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "verdict": {"type": "string", "enum": ["satisfied", "unsatisfied", "unknown"]},
-        "quote": {"type": "string", "maxLength": 300},
-        "rationale": {"type": "string", "maxLength": 400},
-    },
-    "required": ["verdict", "quote", "rationale"],
-    "additionalProperties": False,
-}
+
+# The model is the contract both ways: its JSON schema constrains the LLM's output (structured outputs),
+# and every answer is validated against it before it counts. Bounded strings: the grammar closes them,
+# so every answer ends as valid JSON within the token budget.
+class Verdict(BaseModel):
+    """One juror's answer on one criterion, from the excerpts only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Literal["satisfied", "unsatisfied", "unknown"]
+    quote: str = Field(max_length=300)
+    rationale: str = Field(max_length=400)
+
+
+VERDICT_SCHEMA = Verdict.model_json_schema()
 MIN_QUOTE_WORDS = 2  # a quote of one word ("e", "no") is found in almost any excerpt: it grounds nothing
 
 
@@ -94,12 +100,15 @@ class LLMJury:
         for answer in answers:
             if answer is None:  # a call that failed: left out (the confidence still counts it)
                 continue
-            verdict = answer.get("verdict")
-            quote = str(answer.get("quote") or "")
+            try:
+                vote = Verdict.model_validate(answer)
+            except ValidationError:  # not the contract (an endpoint without structured outputs): no vote
+                votes.append("unknown")
+                continue
             # A verdict must rest on words that are really in the excerpts.
-            if verdict in {"satisfied", "unsatisfied"} and grounded(quote, passages):
-                votes.append(str(verdict))
-                rationales.setdefault(str(verdict), str(answer.get("rationale") or ""))
+            if vote.verdict != "unknown" and grounded(vote.quote, passages):
+                votes.append(vote.verdict)
+                rationales.setdefault(vote.verdict, vote.rationale)
             else:
                 votes.append("unknown")
         if not votes:
