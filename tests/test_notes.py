@@ -492,6 +492,9 @@ def test_unreadable_patterns_file(tmp_path: Path) -> None:
         ({"category": "NEGATED_EXISTENCE", "direction": "forward", "literals": ["denies"]}, "'denies'.*already"),
         ({"category": "TERMINATE", "direction": "forward", "literals": ["x"]}, "no direction"),
         ({"category": "HISTORICAL", "direction": "forward", "max_scope": 0, "literals": ["x"]}, "max_scope"),
+        ({"category": "HISTORICAL", "literals": ["x"]}, r"rules\[\d+\]: .*HISTORICAL rules need a direction"),
+        ({"category": "FAMILY", "direction": "forward", "literals": ["x"], "colour": 1}, r"rules\[\d+\]\.colour"),
+        ({"category": "FAMILY", "direction": "forward", "literals": []}, r"rules\[\d+\]\.literals"),
     ],
 )
 def test_malformed_context_rules_raise(tmp_path: Path, rule: dict[str, Any], message: str) -> None:

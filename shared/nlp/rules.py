@@ -12,13 +12,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StringConstraints, ValidationError, model_validator
 
 HERE = Path(__file__).parent
 CONTEXT_RULES_PATH = HERE / "context_rules.json"
 
-CATEGORIES = {"NEGATED_EXISTENCE", "POSSIBLE_EXISTENCE", "HISTORICAL", "FAMILY", "PSEUDO", "TERMINATE"}
-DIRECTIONS = {"forward", "backward", "bidirectional"}
+Category = Literal["NEGATED_EXISTENCE", "POSSIBLE_EXISTENCE", "HISTORICAL", "FAMILY", "PSEUDO", "TERMINATE"]
+Direction = Literal["forward", "backward", "bidirectional"]
+CATEGORIES = frozenset(get_args(Category))
+DIRECTIONS = frozenset(get_args(Direction))
 # Categories that modify nothing themselves: PSEUDO swallows a shorter trigger inside it ("no change"),
 # TERMINATE ends the scope of other triggers ("but", ";").
 SCOPELESS = {"PSEUDO", "TERMINATE"}
@@ -86,33 +90,56 @@ class RuleChecker:
         return str(value)
 
 
+class _RuleGroup(BaseModel):
+    """One group of ``context_rules.json``: trigger literals sharing a category and direction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    category: Category
+    literals: list[Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1)]] = Field(
+        min_length=1
+    )
+    direction: Direction | None = None
+    max_scope: PositiveInt | None = None
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _direction_fits_the_category(self) -> _RuleGroup:
+        if self.category in SCOPELESS and (self.direction is not None or self.max_scope is not None):
+            raise ValueError(f"{self.category} rules take no direction or max_scope")
+        if self.category not in SCOPELESS and self.direction is None:
+            raise ValueError(f"{self.category} rules need a direction (one of {sorted(DIRECTIONS)})")
+        return self
+
+
+class _ContextRulesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    provenance: dict[str, Any] = Field(alias="_provenance", min_length=1)
+    rules: list[_RuleGroup] = Field(min_length=1)
+
+
+def _problem(path: Path, exc: ValidationError) -> NoteRulesError:
+    """The first problem, with the file and a JSON-path-like place (``rules[3].direction``) and the value."""
+    error = exc.errors(include_url=False)[0]
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+    got = f" (got {error['input']!r})" if error["type"] != "missing" and not isinstance(error["input"], dict) else ""
+    return NoteRulesError(f"{path.name}: {where or 'top level'}: {error['msg']}{got}")
+
+
 def load_context_rules(path: Path = CONTEXT_RULES_PATH) -> tuple[ContextRule, ...]:
-    """Read ``context_rules.json``: groups of trigger literals sharing a category and direction."""
-    data = read_rule_file(path)
-    c = RuleChecker(path)
-    c.keys(data, "top level", {"_provenance", "rules"})
-    if not isinstance(data["rules"], list) or not data["rules"]:
-        raise c.fail("rules", "must be a non-empty list")
+    """Read ``context_rules.json`` (validated by pydantic models: the file's shape in one place)."""
+    try:
+        parsed = _ContextRulesFile.model_validate(read_rule_file(path))
+    except ValidationError as exc:
+        raise _problem(path, exc) from None
     rules: list[ContextRule] = []
     seen: dict[str, str] = {}
-    for i, group in enumerate(data["rules"]):
-        where = f"rules[{i}]"
-        group = c.obj(group, where)
-        c.keys(group, where, {"category", "literals"}, frozenset({"direction", "max_scope", "note"}))
-        category = c.one_of(group["category"], CATEGORIES, where, "category")
-        where = f"rules[{i}] ({category})"
-        direction = group.get("direction")
-        if category in SCOPELESS:
-            if direction is not None or "max_scope" in group:
-                raise c.fail(where, f"{category} rules take no direction or max_scope")
-        else:
-            direction = c.one_of(direction, DIRECTIONS, where, "direction")
-        max_scope = group.get("max_scope")
-        if max_scope is not None and (not isinstance(max_scope, int) or isinstance(max_scope, bool) or max_scope < 1):
-            raise c.fail(where, f"max_scope must be a positive integer, not {max_scope!r}")
-        for literal in c.strings(group["literals"], f"{where}.literals"):
+    for i, group in enumerate(parsed.rules):
+        where = f"rules[{i}] ({group.category})"
+        for literal in group.literals:
             if literal in seen:
-                raise c.fail(f"{where} ({literal!r})", f"literal already defined in {seen[literal]}")
+                raise NoteRulesError(f"{path.name}: {where} ({literal!r}): literal already defined in {seen[literal]}")
             seen[literal] = where
-            rules.append(ContextRule(literal, category, direction, max_scope))
+            rules.append(ContextRule(literal, group.category, group.direction, group.max_scope))
     return tuple(rules)
