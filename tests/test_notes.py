@@ -467,7 +467,12 @@ def test_bad_procedure_category_is_named(tmp_path: Path) -> None:
         (lambda d: d["medications"].update({"notadrug": ["x"]}), r"medications\.notadrug.*'notadrug'"),
         (lambda d: d["stage"]["numerals"].update({"5": "V"}), r"stage\.numerals\.5.*'V'"),
         (lambda d: d["cancer"]["nouns"].append(""), r"cancer\.nouns\[\d+\]"),
-        (lambda d: d.update({"extra": 1}), r"unknown keys \['extra'\]"),
+        (lambda d: d.update({"extra": 1}), r"patterns\.json: extra: Extra inputs are not permitted"),
+        (
+            lambda d: d["cancer"]["histologies"].update({"sclc": "martian"}),
+            r"histologies\.sclc.*'martian'",
+        ),
+        (lambda d: d["stage"]["substages"].append("ab"), r"stage\.substages\[\d+\]"),
     ],
 )
 def test_malformed_patterns_raise(tmp_path: Path, change: Any, message: str) -> None:

@@ -52,44 +52,6 @@ def read_rule_file(path: Path) -> dict[str, Any]:
     return data
 
 
-class RuleChecker:
-    """Small helpers that raise with the file name and a JSON-path-like location."""
-
-    def __init__(self, path: Path) -> None:
-        self.file = path.name
-
-    def fail(self, where: str, problem: str) -> NoteRulesError:
-        return NoteRulesError(f"{self.file}: {where}: {problem}")
-
-    def obj(self, value: Any, where: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(where, "must be an object")
-        return value
-
-    def strings(self, value: Any, where: str) -> tuple[str, ...]:
-        if not isinstance(value, list) or not value:
-            raise self.fail(where, "must be a non-empty list of strings")
-        for i, item in enumerate(value):
-            if not isinstance(item, str) or not item.strip():
-                raise self.fail(f"{where}[{i}] ({item!r})", "must be a non-empty string")
-        return tuple(s.strip().lower() for s in value)
-
-    def keys(
-        self, value: dict[str, Any], where: str, required: set[str], optional: frozenset[str] = frozenset()
-    ) -> None:
-        missing = required - value.keys()
-        unknown = value.keys() - required - optional
-        if missing:
-            raise self.fail(where, f"missing {sorted(missing)}")
-        if unknown:
-            raise self.fail(where, f"unknown keys {sorted(unknown)}")
-
-    def one_of(self, value: Any, allowed: set[str], where: str, what: str) -> str:
-        if not isinstance(value, str) or value not in allowed:
-            raise self.fail(where, f"unknown {what} {value!r} (expected one of {sorted(allowed)})")
-        return str(value)
-
-
 class _RuleGroup(BaseModel):
     """One group of ``context_rules.json``: trigger literals sharing a category and direction."""
 
@@ -119,10 +81,11 @@ class _ContextRulesFile(BaseModel):
     rules: list[_RuleGroup] = Field(min_length=1)
 
 
-def _problem(path: Path, exc: ValidationError) -> NoteRulesError:
+def rule_problem(path: Path, exc: ValidationError) -> NoteRulesError:
     """The first problem, with the file and a JSON-path-like place (``rules[3].direction``) and the value."""
     error = exc.errors(include_url=False)[0]
-    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+    parts = [part for part in error["loc"] if part != "[key]"]  # a dict key's own error: its place is the key
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
     got = f" (got {error['input']!r})" if error["type"] != "missing" and not isinstance(error["input"], dict) else ""
     return NoteRulesError(f"{path.name}: {where or 'top level'}: {error['msg']}{got}")
 
@@ -132,7 +95,7 @@ def load_context_rules(path: Path = CONTEXT_RULES_PATH) -> tuple[ContextRule, ..
     try:
         parsed = _ContextRulesFile.model_validate(read_rule_file(path))
     except ValidationError as exc:
-        raise _problem(path, exc) from None
+        raise rule_problem(path, exc) from None
     rules: list[ContextRule] = []
     seen: dict[str, str] = {}
     for i, group in enumerate(parsed.rules):

@@ -9,19 +9,18 @@ file and the entry.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from shared.nlp.rules import RuleChecker, read_rule_file
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo
+
+from shared.nlp.rules import read_rule_file, rule_problem
 from shared.terminology import HERE as TERMINOLOGY_DIR
 from shared.terminology import PROCEDURE_CATEGORIES, terminology
 
 HERE = Path(__file__).parent
 PATTERNS_PATH = HERE / "patterns.json"
-
-STAGE_GROUPS = {"0", "I", "II", "III", "IV"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,70 +51,93 @@ def terminology_table(name: str) -> dict[str, Any]:
     return data
 
 
+Word = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1)]
+Words = Annotated[tuple[Word, ...], Field(min_length=1)]
+StageGroup = Literal["0", "I", "II", "III", "IV"]
+
+
+def _one_of(table: str, what: str) -> AfterValidator:
+    """A check against a terminology table, passed as validation context (the names it may take)."""
+
+    def check(value: str, info: ValidationInfo) -> str:
+        allowed = (info.context or {})[table]
+        if value not in allowed:
+            listed = f" (expected one of {sorted(allowed)})" if len(allowed) <= 12 else ""
+            raise ValueError(f"unknown {what} {value!r}{listed}")
+        return value
+
+    return AfterValidator(check)
+
+
+CancerType = Annotated[str, _one_of("cancer_types", "cancer type")]
+DrugName = Annotated[str, _one_of("drugs", "drug (not in drugs.json)")]
+ProcedureCategory = Annotated[str, _one_of("procedure_categories", "procedure category")]
+
+
+class _Cancer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    nouns: Words
+    site_synonyms: dict[CancerType, Words]
+    histologies: dict[CancerType, CancerType]  # histologic type -> the site type it belongs to
+    abbreviations: dict[Word, CancerType]
+    ignore_table_words: Words
+
+
+class _Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    numerals: dict[Word, StageGroup]  # as written (lower case) -> AJCC group
+    substages: Annotated[tuple[Annotated[Word, StringConstraints(pattern="^[a-z]$")], ...], Field(min_length=1)]
+    leads: Words
+    extents: Words
+    blockers: Words
+    trailing_blockers: Words
+
+
+class _Procedure(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    category: ProcedureCategory
+    phrases: Words
+
+
+class _PatternsFile(BaseModel):
+    """``patterns.json``: one model for its shape; the terminology it extends comes as validation context."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    provenance: dict[str, Any] = Field(alias="_provenance", min_length=1)
+    cancer: _Cancer
+    stage: _Stage
+    procedures: tuple[_Procedure, ...]
+    medications: dict[DrugName, Words]
+
+
 def load_patterns(path: Path = PATTERNS_PATH) -> PatternRules:
     """Read ``patterns.json`` and check every entry against the terminology tables it extends."""
-    data = read_rule_file(path)
-    c = RuleChecker(path)
-    c.keys(data, "top level", {"_provenance", "cancer", "stage", "procedures", "medications"})
-
-    cancer = c.obj(data["cancer"], "cancer")
-    c.keys(cancer, "cancer", {"nouns", "site_synonyms", "histologies", "abbreviations", "ignore_table_words"})
-    types = _cancer_types()
-    synonyms = {
-        c.one_of(t, types, f"cancer.site_synonyms.{t}", "cancer type"): c.strings(words, f"cancer.site_synonyms.{t}")
-        for t, words in c.obj(cancer["site_synonyms"], "cancer.site_synonyms").items()
+    context = {
+        "cancer_types": _cancer_types(),
+        "drugs": {d.name for d in terminology().drugs},
+        "procedure_categories": set(PROCEDURE_CATEGORIES),
     }
-    histologies = {
-        c.one_of(h, types, f"cancer.histologies.{h}", "cancer type"): c.one_of(
-            site, types, f"cancer.histologies.{h}", "site type"
-        )
-        for h, site in c.obj(cancer["histologies"], "cancer.histologies").items()
-    }
-    abbreviations = {
-        str(word).lower(): c.one_of(t, types, f"cancer.abbreviations.{word}", "cancer type")
-        for word, t in c.obj(cancer["abbreviations"], "cancer.abbreviations").items()
-    }
-
-    stage = c.obj(data["stage"], "stage")
-    c.keys(stage, "stage", {"numerals", "substages", "leads", "extents", "blockers", "trailing_blockers"})
-    numerals = {
-        str(written).lower(): c.one_of(group, STAGE_GROUPS, f"stage.numerals.{written}", "stage group")
-        for written, group in c.obj(stage["numerals"], "stage.numerals").items()
-    }
-    substages = c.strings(stage["substages"], "stage.substages")
-    for i, letter in enumerate(substages):
-        if not re.fullmatch("[a-z]", letter):
-            raise c.fail(f"stage.substages[{i}] ({letter!r})", "must be a single letter")
-
-    drug_names = {d.name for d in terminology().drugs}
-    procedures: list[tuple[str, tuple[str, ...]]] = []
-    if not isinstance(data["procedures"], list):
-        raise c.fail("procedures", "must be a list")
-    for i, entry in enumerate(data["procedures"]):
-        where = f"procedures[{i}]"
-        entry = c.obj(entry, where)
-        c.keys(entry, where, {"category", "phrases"})
-        category = c.one_of(entry["category"], PROCEDURE_CATEGORIES, where, "category")
-        procedures.append((category, c.strings(entry["phrases"], f"{where} ({category})")))
-    medications = tuple(
-        (
-            c.one_of(name, drug_names, f"medications.{name}", "drug (not in drugs.json)"),
-            c.strings(words, f"medications.{name}"),
-        )
-        for name, words in c.obj(data["medications"], "medications").items()
-    )
+    try:
+        data = _PatternsFile.model_validate(read_rule_file(path), context=context)
+    except ValidationError as exc:
+        raise rule_problem(path, exc) from None
+    cancer, stage = data.cancer, data.stage
     return PatternRules(
-        cancer_nouns=c.strings(cancer["nouns"], "cancer.nouns"),
-        cancer_site_synonyms=synonyms,
-        cancer_histologies=histologies,
-        cancer_abbreviations=abbreviations,
-        cancer_ignore_table_words=frozenset(c.strings(cancer["ignore_table_words"], "cancer.ignore_table_words")),
-        stage_numerals=numerals,
-        stage_substages=substages,
-        stage_leads=c.strings(stage["leads"], "stage.leads"),
-        stage_extents=c.strings(stage["extents"], "stage.extents"),
-        stage_blockers=c.strings(stage["blockers"], "stage.blockers"),
-        stage_trailing_blockers=c.strings(stage["trailing_blockers"], "stage.trailing_blockers"),
-        procedures=tuple(procedures),
-        medications=medications,
+        cancer_nouns=cancer.nouns,
+        cancer_site_synonyms=dict(cancer.site_synonyms),
+        cancer_histologies=dict(cancer.histologies),
+        cancer_abbreviations=dict(cancer.abbreviations),
+        cancer_ignore_table_words=frozenset(cancer.ignore_table_words),
+        stage_numerals=dict(stage.numerals),
+        stage_substages=stage.substages,
+        stage_leads=stage.leads,
+        stage_extents=stage.extents,
+        stage_blockers=stage.blockers,
+        stage_trailing_blockers=stage.trailing_blockers,
+        procedures=tuple((p.category, p.phrases) for p in data.procedures),
+        medications=tuple(data.medications.items()),
     )
