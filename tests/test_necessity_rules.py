@@ -14,6 +14,7 @@ from graph.queries import PathwayQueries
 from services.medical_necessity import rules as rules_module
 from services.medical_necessity.engine import assess
 from services.medical_necessity.rules import Rules, rules, scopes
+from shared.datafiles import DataFileError, validated
 from shared.terminology import terminology
 from tests.builders import disease_status, give, order_for, patient
 
@@ -37,6 +38,9 @@ def test_rules_file_is_validated():
         Rules.model_validate({**raw, "performance": {"ecog_max": 9, "label": "x"}})
     with pytest.raises(ValidationError, match="extra"):
         Rules.model_validate({**raw, "surprise": 1})
+    # Loaded as a file, the problem names the file, the place and the value (shared.datafiles).
+    with pytest.raises(DataFileError, match=r"^rules\.yaml: performance\.ecog_max: .*\(got 9\)$"):
+        validated(Rules, {**raw, "performance": {"ecog_max": 9, "label": "x"}}, "rules.yaml")
 
 
 def test_ecog_3_rules_out_systemic_therapy_and_a_missing_ecog_does_not_hold_it_back(queries):

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from graph.conditions import Condition, Leaf, Not, parse_code
 from graph.model import Code
 from graph.queries import Sequencing
+from shared.datafiles import validated
 from shared.terminology import terminology
 
 HERE = Path(__file__).parent
@@ -115,7 +116,7 @@ class Scope(_Strict):
 
 @cache
 def rules() -> Rules:
-    return Rules.model_validate(yaml.safe_load((HERE / "rules.yaml").read_text(encoding="utf-8")))
+    return validated(Rules, yaml.safe_load((HERE / "rules.yaml").read_text(encoding="utf-8")), "rules.yaml")
 
 
 @cache
@@ -123,6 +124,6 @@ def scopes() -> dict[str, Scope]:
     """Each pathway's scope (``scope/<pathway>.yaml``), by pathway id."""
     out: dict[str, Scope] = {}
     for path in sorted((HERE / "scope").glob("*.yaml")):
-        scope = Scope.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        scope = validated(Scope, yaml.safe_load(path.read_text(encoding="utf-8")), f"scope/{path.name}")
         out[scope.pathway] = scope
     return out

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StringConstraints, model_validator
+
+from shared.datafiles import DataFileError, validated
 
 HERE = Path(__file__).parent
 CONTEXT_RULES_PATH = HERE / "context_rules.json"
@@ -28,7 +30,7 @@ DIRECTIONS = frozenset(get_args(Direction))
 SCOPELESS = {"PSEUDO", "TERMINATE"}
 
 
-class NoteRulesError(ValueError):
+class NoteRulesError(DataFileError):
     """A rule file is malformed; raised while building the pipeline so bad rules never run."""
 
 
@@ -81,21 +83,9 @@ class _ContextRulesFile(BaseModel):
     rules: list[_RuleGroup] = Field(min_length=1)
 
 
-def rule_problem(path: Path, exc: ValidationError) -> NoteRulesError:
-    """The first problem, with the file and a JSON-path-like place (``rules[3].direction``) and the value."""
-    error = exc.errors(include_url=False)[0]
-    parts = [part for part in error["loc"] if part != "[key]"]  # a dict key's own error: its place is the key
-    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
-    got = f" (got {error['input']!r})" if error["type"] != "missing" and not isinstance(error["input"], dict) else ""
-    return NoteRulesError(f"{path.name}: {where or 'top level'}: {error['msg']}{got}")
-
-
 def load_context_rules(path: Path = CONTEXT_RULES_PATH) -> tuple[ContextRule, ...]:
     """Read ``context_rules.json`` (validated by pydantic models: the file's shape in one place)."""
-    try:
-        parsed = _ContextRulesFile.model_validate(read_rule_file(path))
-    except ValidationError as exc:
-        raise rule_problem(path, exc) from None
+    parsed = validated(_ContextRulesFile, read_rule_file(path), path.name, error=NoteRulesError)
     rules: list[ContextRule] = []
     seen: dict[str, str] = {}
     for i, group in enumerate(parsed.rules):

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo
 
-from shared.nlp.rules import read_rule_file, rule_problem
+from shared.datafiles import validated
+from shared.nlp.rules import NoteRulesError, read_rule_file
 from shared.terminology import HERE as TERMINOLOGY_DIR
 from shared.terminology import PROCEDURE_CATEGORIES, terminology
 
@@ -121,10 +122,7 @@ def load_patterns(path: Path = PATTERNS_PATH) -> PatternRules:
         "drugs": {d.name for d in terminology().drugs},
         "procedure_categories": set(PROCEDURE_CATEGORIES),
     }
-    try:
-        data = _PatternsFile.model_validate(read_rule_file(path), context=context)
-    except ValidationError as exc:
-        raise rule_problem(path, exc) from None
+    data = validated(_PatternsFile, read_rule_file(path), path.name, context=context, error=NoteRulesError)
     cancer, stage = data.cancer, data.stage
     return PatternRules(
         cancer_nouns=cancer.nouns,
