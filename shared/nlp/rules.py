@@ -23,7 +23,6 @@ CONTEXT_RULES_PATH = HERE / "context_rules.json"
 
 Category = Literal["NEGATED_EXISTENCE", "POSSIBLE_EXISTENCE", "HISTORICAL", "FAMILY", "PSEUDO", "TERMINATE"]
 Direction = Literal["forward", "backward", "bidirectional"]
-CATEGORIES = frozenset(get_args(Category))
 DIRECTIONS = frozenset(get_args(Direction))
 # Categories that modify nothing themselves: PSEUDO swallows a shorter trigger inside it ("no change"),
 # TERMINATE ends the scope of other triggers ("but", ";").

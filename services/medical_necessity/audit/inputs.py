@@ -65,8 +65,12 @@ def _folder_inputs(folder: Path, index_dir: Path | None) -> Iterator[str]:
     input folder, or loop back into it. A Bulk Data export (a folder of NDJSON only) is one input
     per patient, so that workers share it and none of them reads the whole export."""
     if is_bulk_export(folder) and not any(c.is_symlink() for c in folder.iterdir()):
-        for patient in BulkExport(folder, index_dir).patients():
-            yield f"{BULK}{folder}#{patient}"
+        export = BulkExport(folder, index_dir)
+        try:
+            patients = export.patients()
+        finally:
+            export.close()
+        yield from (f"{BULK}{folder}#{patient}" for patient in patients)
         return
     loose = False
     for child in sorted(folder.iterdir()):
